@@ -1,0 +1,34 @@
+# Two commands on a fresh machine: `make run` and `make test` (see README.md).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.requirements.sha256
+ARGS ?=
+
+.PHONY: venv run test lint bench clean-venv
+
+# (Re)install only when requirements.txt changed since the last successful install.
+venv:
+	@want=$$(sha256sum requirements.txt | cut -d' ' -f1); \
+	if [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then \
+		echo "$(VENV) is up to date with requirements.txt"; \
+	else \
+		[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || exit 1; \
+		$(PY) -m pip install --disable-pip-version-check -r requirements.txt || exit 1; \
+		echo "$$want" > $(STAMP); \
+	fi
+
+run: venv
+	$(PY) app.py $(ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+
+test: lint
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) -m bench.classification
+
+clean-venv:
+	rm -rf $(VENV)

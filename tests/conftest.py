@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny random checkpoints, the real default model, generated images."""
+
+from __future__ import annotations
+
+import os
+
+# Tests never touch the network: a hub id must fail fast with our message, not retry.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+TINY_LABELS = {0: "gear", 1: "hex nut", 2: "washer"}
+
+
+def _save_tiny(model, processor, directory):
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory):
+    """A 1-layer ViT classifier with 3 labels, saved with save_pretrained."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        id2label=TINY_LABELS,
+        label2id={v: k for k, v in TINY_LABELS.items()},
+    )
+    processor = ViTImageProcessor(size={"height": 32, "width": 32})
+    return _save_tiny(ViTForImageClassification(config), processor, tmp_path_factory.mktemp("tiny-vit"))
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_dir(tmp_path_factory):
+    """A 2-stage ResNet classifier with 3 labels, saved with save_pretrained."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    config = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[1, 1],
+        id2label=TINY_LABELS,
+        label2id={v: k for k, v in TINY_LABELS.items()},
+    )
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    return _save_tiny(ResNetForImageClassification(config), processor, tmp_path_factory.mktemp("tiny-resnet"))
+
+
+@pytest.fixture(scope="session")
+def default_dir():
+    """The converted default checkpoint (built once into the user's cache, then reused)."""
+    from pipelines.default_model import default_checkpoint_dir
+
+    return default_checkpoint_dir()
+
+
+@pytest.fixture
+def photo_file(tmp_path):
+    """A random RGB photo-sized JPEG."""
+    path = tmp_path / "photo.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
+    return path

@@ -1,0 +1,123 @@
+"""The Gradio app through its public API, as a remote user would call it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+import app
+from pipelines.examples import example_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+CAT_LABELS = ("tiger cat", "Egyptian cat", "tabby, tabby cat")
+
+
+@pytest.fixture(scope="module")
+def client():
+    app.demo.queue(default_concurrency_limit=2)
+    app.demo.launch(prevent_thread_lock=True, show_error=True, quiet=True)
+    try:
+        yield Client(app.demo.local_url, verbose=False)
+    finally:
+        app.demo.close()
+
+
+@pytest.fixture
+def chelsea():
+    return next(path for path in example_photos() if path.name == "chelsea.png")
+
+
+def test_classify_endpoint_names_the_cat(client, chelsea):
+    result = client.predict(handle_file(str(chelsea)), "default", 5, api_name="/classify")
+    assert result["label"] in CAT_LABELS
+    confidences = {c["label"]: c["confidence"] for c in result["confidences"]}
+    assert len(confidences) == 5
+    assert sum(confidences[name] for name in CAT_LABELS if name in confidences) > 0.8
+
+
+def test_a_bad_file_gets_the_clear_error(client, tmp_path):
+    bad = tmp_path / "invoice.pdf"
+    bad.write_bytes(b"%PDF-1.4 this is not a photo")
+    with pytest.raises(Exception, match=r"Cannot read image 'invoice.pdf'.*not a recognised image format"):
+        client.predict(handle_file(str(bad)), "default", 5, api_name="/classify")
+
+
+def test_an_unknown_model_is_refused_by_name(client, chelsea):
+    with pytest.raises(Exception, match="no-such-model"):
+        client.predict(handle_file(str(chelsea)), "no-such-model", 5, api_name="/classify")
+
+
+def test_eight_concurrent_requests_all_succeed(client):
+    photos = list(example_photos())
+    jobs = [photos[i % len(photos)] for i in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [
+            pool.submit(client.predict, handle_file(str(path)), "default", 3, api_name="/classify") for path in jobs
+        ]
+        results = [future.result(timeout=120) for future in futures]
+    for path, result in zip(jobs, results):
+        assert result["label"] in example_photos()[path], path.name
+
+
+def test_model_endpoint_describes_the_default(client):
+    text = client.predict("default", api_name="/describe_model")
+    assert "tf_efficientnet_lite0" in text and "| Classes | 1000 |" in text and "mean [0.5, 0.5, 0.5]" in text
+
+
+def test_checkpoints_in_the_models_folder_are_offered(tmp_path, tiny_vit_dir):
+    import shutil
+
+    from pipelines.registry import ClassifierRegistry
+
+    shutil.copytree(tiny_vit_dir, tmp_path / "parts-vit")
+    (tmp_path / "not-a-model").mkdir()
+    registry = ClassifierRegistry.from_sources(["someone/hub-model"], models_dir=tmp_path)
+    assert [choice.source for choice in registry.choices] == [
+        "default",
+        str(tmp_path / "parts-vit"),
+        "someone/hub-model",
+    ]
+    assert registry.get(str(tmp_path / "parts-vit")).id2label[0] == "gear"
+
+
+def test_share_without_internet_says_so_and_keeps_serving(tmp_path):
+    """Run the real command line with --share and read what the user sees."""
+    log = tmp_path / "app.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--share", "--port", "7931"],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "No public share link" not in log.read_text() and time.monotonic() < deadline:
+            assert process.poll() is None, f"app exited:\n{log.read_text()}"
+            time.sleep(0.5)
+        assert "No public share link could be created" in log.read_text()
+        result = Client("http://127.0.0.1:7931/", verbose=False).predict(
+            handle_file(str(next(iter(example_photos())))), "default", 1, api_name="/classify"
+        )
+        assert result["label"]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_bad_classifier_flag_stops_with_a_message():
+    result = subprocess.run(
+        [sys.executable, "app.py", "--classifier", "./no/such/checkpoint"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "./no/such/checkpoint" in result.stderr and "does not exist" in result.stderr
