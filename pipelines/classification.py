@@ -2,7 +2,7 @@
 
 >>> from pipelines.classification import ImageClassifier
 >>> classifier = ImageClassifier.from_pretrained("default")
->>> classifier.classify("cat.jpg", top_k=1)[0].label  # doctest: +SKIP
+>>> classifier.classify("cat.jpg", top_k=1).predictions[0].label  # doctest: +SKIP
 'tiger cat'
 """
 
@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pipelines.checkpoints import ModelLoadError, load_pretrained
-from pipelines.image_io import ImageLoadError, load_image
+from common.checkpoints import ModelLoadError, load_pretrained
+from common.image_io import ImageLoadError, load_image
+from common.preprocessing import batch_preprocessor, input_geometry
+from pipelines.trust import CalibrationFileError, TrustSettings
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -36,6 +38,16 @@ class Prediction:
 
 
 @dataclass(frozen=True)
+class Classification:
+    """A classifier's answer for one image: ranked classes and the open-set verdict."""
+
+    predictions: list[Prediction]
+    unknown: bool = False  # below the rejection threshold: none of the known classes
+    open_set_score: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What a loaded classifier is, for people (the app's Model tab) and logs."""
 
@@ -44,29 +56,34 @@ class ModelInfo:
     model_type: str
     parameters: int
     num_labels: int
-    input_size: tuple[int, int] | None
-    mean: tuple[float, ...] | None
-    std: tuple[float, ...] | None
-    interpolation: str | None
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
     metrics: dict[str, float]
+    trust: TrustSettings
+    checkpoint_dir: str | None
 
 
 class ImageClassifier:
-    """A classifier with its own preprocessing, as saved in its checkpoint."""
+    """A classifier with its own preprocessing and trust settings, as saved in its checkpoint."""
 
     def __init__(self, model, processor, source: str, checkpoint_dir: str | None = None):
         self.model = model.eval()
-        self.checkpoint_dir = checkpoint_dir
         self.processor = processor
+        self._preprocess = batch_preprocessor(processor)
         self.source = source
+        self.checkpoint_dir = checkpoint_dir
+        self.trust = TrustSettings.load(checkpoint_dir)
         self.id2label = {int(i): name for i, name in model.config.id2label.items()}
+        self.multi_label = model.config.problem_type == "multi_label_classification"
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike = "default") -> ImageClassifier:
         """Load ``default``, a checkpoint directory or a hub id.
 
         Raises:
-            pipelines.checkpoints.ModelLoadError: with the reason and the fix.
+            common.checkpoints.ModelLoadError: with the reason and the fix.
         """
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
@@ -74,84 +91,98 @@ class ImageClassifier:
         processor = load_pretrained(AutoImageProcessor, name_or_path)
         location = model.config._name_or_path
         checkpoint_dir = location if location and Path(location).is_dir() else None
-        return cls(model, processor, source=str(name_or_path), checkpoint_dir=checkpoint_dir)
+        try:
+            return cls(model, processor, source=str(name_or_path), checkpoint_dir=checkpoint_dir)
+        except CalibrationFileError as error:
+            raise ModelLoadError(str(error)) from error
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB images -> the ``pixel_values`` batch the checkpoint expects."""
-        return self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        return self._preprocess(images)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """One model call; returns logits."""
         with torch.inference_mode():
             return self.model(pixel_values=pixel_values).logits
 
-    def postprocess(self, logits: torch.Tensor, top_k: int = 5) -> list[list[Prediction]]:
-        """Logits -> the ``top_k`` most likely classes of each image, best first."""
-        if self.model.config.problem_type == "multi_label_classification":
-            probabilities = logits.float().sigmoid()
-        else:
-            probabilities = logits.float().softmax(dim=-1)
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities (softmax of logits / T; sigmoid for multi-label)."""
+        if self.multi_label:
+            return logits.float().sigmoid()
+        return (logits.float() / self.trust.temperature).softmax(dim=-1)
+
+    def postprocess(self, logits: torch.Tensor, top_k: int = 5) -> list[Classification]:
+        """Logits -> the ``top_k`` most likely classes of each image and its open-set verdict."""
+        probabilities = self.probabilities(logits)
         k = max(1, min(top_k, probabilities.shape[-1]))
         scores, indices = probabilities.topk(k, dim=-1)
-        return [
-            [Prediction(self.id2label.get(i, str(i)), float(s), i) for s, i in zip(row_s.tolist(), row_i.tolist())]
-            for row_s, row_i in zip(scores, indices)
-        ]
+        unknown = self.trust.is_unknown(logits)
+        open_set = self.trust.open_set_score(logits) if self.trust.rejection_method else None
+        results = []
+        for row, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
+            predictions = [Prediction(self.id2label.get(i, str(i)), s, i) for s, i in zip(row_scores, row_indices)]
+            results.append(
+                Classification(
+                    predictions=predictions,
+                    unknown=bool(unknown[row]),
+                    open_set_score=None if open_set is None else float(open_set[row]),
+                    threshold=self.trust.rejection_threshold,
+                )
+            )
+        return results
 
-    def classify(self, image: ImageSource, top_k: int = 5) -> list[Prediction]:
+    def classify(self, image: ImageSource, top_k: int = 5) -> Classification:
         """Classify one image (a path, bytes or a PIL image).
 
         Raises:
-            pipelines.image_io.ImageLoadError: the image cannot be read.
+            common.image_io.ImageLoadError: the image cannot be read.
         """
         return self.classify_batch([image], top_k=top_k)[0]
 
-    def classify_batch(self, images: Sequence[ImageSource], top_k: int = 5) -> list[list[Prediction]]:
+    def classify_batch(self, images: Sequence[ImageSource], top_k: int = 5) -> list[Classification]:
         """Classify several images in one forward pass."""
         rgb = [load_image(image) for image in images]
         return self.postprocess(self.forward(self.preprocess(rgb)), top_k=top_k)
 
     def describe(self) -> ModelInfo:
-        """Architecture, size and preprocessing of the loaded model."""
+        """Architecture, size, preprocessing, metrics and trust settings of the loaded model."""
         config = self.model.config
-        spec = preprocessing_summary(self.processor)
+        geometry = input_geometry(self.processor)
         return ModelInfo(
             source=self.source,
-            architecture=getattr(config, "architecture", None)
-            or (config.architectures or [type(self.model).__name__])[0],
+            architecture=getattr(config, "architecture", None) or (config.architectures or [type(self.model).__name__])[0],
             model_type=config.model_type,
             parameters=sum(p.numel() for p in self.model.parameters()),
             num_labels=config.num_labels,
+            input_size=geometry.input_size,
+            mean=geometry.mean,
+            std=geometry.std,
+            interpolation=geometry.interpolation,
             metrics=checkpoint_metrics(self.checkpoint_dir) if self.checkpoint_dir else {},
-            **spec,
+            trust=self.trust,
+            checkpoint_dir=self.checkpoint_dir,
         )
 
 
-def preprocessing_summary(processor) -> dict:
-    """Input size, normalisation and interpolation, read from any image processor."""
-    data_config = getattr(processor, "data_config", None)  # timm wrappers keep timm's view
-    if data_config:
-        return {
-            "input_size": tuple(data_config["input_size"][1:]),
-            "mean": tuple(data_config["mean"]),
-            "std": tuple(data_config["std"]),
-            "interpolation": data_config.get("interpolation"),
-        }
-    size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
-    size = size or getattr(processor, "size", None) or {}
-    if "height" in size:
-        input_size = (size["height"], size["width"])
-    elif "shortest_edge" in size:
-        input_size = (size["shortest_edge"], size["shortest_edge"])
-    else:
-        input_size = None
-    resample = getattr(processor, "resample", None)
-    return {
-        "input_size": input_size,
-        "mean": tuple(processor.image_mean) if getattr(processor, "image_mean", None) is not None else None,
-        "std": tuple(processor.image_std) if getattr(processor, "image_std", None) is not None else None,
-        "interpolation": getattr(resample, "name", None) and resample.name.lower(),
-    }
+def verdict_text(result: Classification, trust: TrustSettings) -> str:
+    """One or two plain sentences: the answer and how far to trust its score."""
+    best = result.predictions[0]
+    if result.unknown:
+        return (
+            f"Unknown: this image looks like none of the classes this model knows. Its open-set score "
+            f"{result.open_set_score:.3g} is below the threshold {result.threshold:.3g} fitted on validation images; "
+            f"the closest class would be '{best.label}' ({best.score:.0%})."
+        )
+    if trust.calibrated:
+        return (
+            f"{best.label}: {best.score:.0%}. Confidences are calibrated on validation data "
+            f"(temperature {trust.temperature:.2f}, expected calibration error {trust.ece_after:.3f}), so "
+            f"answers given at about {best.score:.0%} were right about {best.score:.0%} of the time there."
+        )
+    return (
+        f"{best.label}: {best.score:.0%}. These are the model's raw softmax scores: it has not been calibrated "
+        "on your images, so read them as a ranking rather than as probabilities."
+    )
 
 
 def iter_image_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -190,7 +221,7 @@ def checkpoint_metrics(directory: str | os.PathLike) -> dict[str, float]:
 def classify_files(
     classifier: ImageClassifier, files: Sequence[Path], top_k: int = 5, batch_size: int = 8, progress: bool = True
 ):
-    """Yield ``(path, predictions, error)`` for each file; an unreadable file is reported, not fatal."""
+    """Yield ``(path, classification, error)`` per file; an unreadable file is reported, not fatal."""
     from tqdm.auto import tqdm
 
     with tqdm(total=len(files), unit="img", disable=not progress) as bar:
@@ -207,7 +238,7 @@ def classify_files(
                 logits = classifier.forward(classifier.preprocess([image for _, image in loaded]))
                 results = dict(zip([path for path, _ in loaded], classifier.postprocess(logits, top_k)))
             for path in chunk:
-                yield path, results.get(path, []), failed.get(path)
+                yield path, results.get(path), failed.get(path)
             bar.update(len(chunk))
 
 
@@ -217,14 +248,14 @@ def write_predictions_csv(rows, out, top_k: int) -> tuple[int, int]:
     header = ["path"]
     for rank in range(1, top_k + 1):
         header += [f"label_{rank}", f"score_{rank}"]
-    writer.writerow([*header, "error"])
+    writer.writerow([*header, "unknown", "error"])
     ok = bad = 0
-    for path, predictions, error in rows:
+    for path, result, error in rows:
         cells = [str(path)]
-        for prediction in predictions:
+        for prediction in result.predictions if result else []:
             cells += [prediction.label, f"{prediction.score:.6f}"]
         cells += [""] * (len(header) - len(cells))
-        writer.writerow([*cells, error or ""])
+        writer.writerow([*cells, "" if result is None else str(result.unknown).lower(), error or ""])
         if error:
             bad += 1
             print(f"skipped: {error}", file=sys.stderr)

@@ -8,9 +8,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.checkpoints import ModelLoadError
+from common.checkpoints import ModelLoadError
 from pipelines.classification import ImageClassifier
-from pipelines.default_model import DEFAULT_MODEL
+from common.default_model import DEFAULT_MODEL
 
 DEFAULT_LABEL = "default: EfficientNet-Lite0, ImageNet-1k (1000 classes)"
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.checkpoints import ModelLoadError, resolve_checkpoint
+from common.checkpoints import ModelLoadError, resolve_checkpoint
 from pipelines.classification import ImageClassifier, main
-from pipelines.image_io import ImageLoadError
+from common.image_io import ImageLoadError
 from tests.conftest import TINY_LABELS
 
 
@@ -30,7 +30,9 @@ def _favour_class(classifier: ImageClassifier, index: int) -> None:
 def test_labels_come_from_the_checkpoint(fixture, request, photo_file):
     classifier = ImageClassifier.from_pretrained(request.getfixturevalue(fixture))
     _favour_class(classifier, 2)
-    predictions = classifier.classify(photo_file, top_k=3)
+    result = classifier.classify(photo_file, top_k=3)
+    predictions = result.predictions
+    assert not result.unknown and result.open_set_score is None  # no calibration.json: no rejection rule
     assert [p.label for p in predictions][0] == TINY_LABELS[2] == predictions[0].label
     assert predictions[0].index == 2
     assert predictions[0].score == pytest.approx(np.exp(5) / (np.exp(5) + 2), rel=1e-5)
@@ -40,8 +42,8 @@ def test_labels_come_from_the_checkpoint(fixture, request, photo_file):
 
 def test_top_k_is_clamped_to_the_number_of_classes(tiny_vit_dir, photo_file):
     classifier = ImageClassifier.from_pretrained(tiny_vit_dir)
-    assert len(classifier.classify(photo_file, top_k=50)) == len(TINY_LABELS)
-    assert len(classifier.classify(photo_file, top_k=0)) == 1
+    assert len(classifier.classify(photo_file, top_k=50).predictions) == len(TINY_LABELS)
+    assert len(classifier.classify(photo_file, top_k=0).predictions) == 1
 
 
 def test_batch_gives_the_same_answer_as_one_by_one(tiny_resnet_dir, tmp_path):
@@ -49,8 +51,8 @@ def test_batch_gives_the_same_answer_as_one_by_one(tiny_resnet_dir, tmp_path):
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(3)]
     batch = classifier.classify_batch(images, top_k=3)
-    for image, expected in zip(images, batch):
-        single = classifier.classify(image, top_k=3)
+    for image, expected in zip(images, [result.predictions for result in batch]):
+        single = classifier.classify(image, top_k=3).predictions
         assert [p.index for p in single] == [p.index for p in expected]
         assert [p.score for p in single] == pytest.approx([p.score for p in expected], abs=1e-5)
 

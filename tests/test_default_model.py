@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import default_model
+from common import default_model
 from pipelines.classification import ImageClassifier
-from pipelines.default_model import DefaultModelError, default_checkpoint_dir, source_weights_path
+from common.default_model import DefaultModelError, default_checkpoint_dir, source_weights_path
 from pipelines.examples import example_photos
 
 
@@ -42,7 +42,7 @@ def test_default_checkpoint_carries_imagenet_labels_and_preprocessing(default_di
 @pytest.mark.parametrize("photo", sorted(example_photos()), ids=lambda p: p.name)
 def test_default_model_names_real_photos(photo):
     expected = example_photos()[photo]
-    top = ImageClassifier.from_pretrained("default").classify(photo, top_k=1)[0]
+    top = ImageClassifier.from_pretrained("default").classify(photo, top_k=1).predictions[0]
     assert top.label in expected, f"{photo.name}: got {top.label} ({top.score:.2f}), expected one of {expected}"
 
 

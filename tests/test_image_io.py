@@ -1,4 +1,4 @@
-"""Tests for pipelines.image_io: every fixture is generated in tmp_path with PIL and NumPy."""
+"""Tests for common.image_io: every fixture is generated in tmp_path with PIL and NumPy."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from pipelines import image_io
-from pipelines.image_io import MAX_FILE_BYTES, MAX_PIXELS, ImageLoadError, load_image
+from common.image_io import MAX_FILE_BYTES, MAX_PIXELS, ImageLoadError, load_image
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 

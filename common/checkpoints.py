@@ -13,7 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
 
-from pipelines.default_model import DEFAULT_MODEL, default_checkpoint_dir
+from common.default_model import DEFAULT_MODEL, default_checkpoint_dir
 
 # "owner/name" or "name" with the characters the Hub allows; anything else is a path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
