@@ -9,6 +9,7 @@ without loading any model or starting a server, so tests can import and launch i
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import sys
 from collections.abc import Callable
@@ -16,9 +17,11 @@ from pathlib import Path
 
 import gradio as gr
 
-from pipelines.checkpoints import ModelLoadError, resolve_checkpoint
+from common.checkpoints import ModelLoadError, resolve_checkpoint
+from pipelines.classification import verdict_text
 from pipelines.examples import example_photos
-from pipelines.image_io import MAX_FILE_BYTES, ImageLoadError
+from pipelines.explanation import METHODS, ExplanationError, explain_prediction
+from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from pipelines.registry import ClassifierRegistry
 
 logger = logging.getLogger("vispect.app")
@@ -26,21 +29,22 @@ logger = logging.getLogger("vispect.app")
 TITLE = "Visual inspection toolkit"
 
 
-class ImageFile(gr.Image):
-    """An image input that hands the uploaded file, untouched, to our own loader.
+def uploaded_image(payload) -> str | bytes | None:
+    """The file (or bytes) behind a raw ``gr.Image`` payload, for our own loader.
 
-    ``gr.Image`` opens every upload with PIL before our code runs, so a non-image upload
-    fails inside Gradio with a generic "Error". Passing the path through lets
-    ``pipelines.image_io.load_image`` give its specific message (and apply its caps).
-    ``is_template`` makes Gradio reuse the stock image widget in the browser.
+    Image events run with ``preprocess=False``: ``gr.Image`` would otherwise open every
+    upload with PIL before our code runs, and a non-image would fail inside Gradio with a
+    message naming a server temp path. ``common.image_io.load_image`` gives the specific
+    reason instead, and applies the size and pixel caps.
     """
-
-    is_template = True
-
-    def preprocess(self, payload):
-        if payload is not None and payload.path is not None and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
+    if not payload:
+        return None
+    if isinstance(payload, str):
+        return payload
+    url = payload.get("url") or ""
+    if not payload.get("path") and url.startswith("data:"):
+        return base64.b64decode(url.partition(",")[2])
+    return payload.get("path")
 
 
 def user_facing(handler: Callable) -> Callable:
@@ -56,7 +60,7 @@ def user_facing(handler: Callable) -> Callable:
             raise gr.Error(
                 f"Cannot read image '{Path(error.source).name}': {error.reason}", print_exception=False
             ) from None
-        except ModelLoadError as error:
+        except (ModelLoadError, ExplanationError) as error:
             raise gr.Error(str(error), print_exception=False) from None
         except Exception as error:
             logger.exception("unexpected error in %s", handler.__name__)
@@ -76,6 +80,56 @@ def scores_for_label(predictions) -> dict[str, float]:
     return scores
 
 
+REPORT_PLOTS = {
+    "confusion_matrix.png": "Confusion matrix (test split, row-normalised)",
+    "training_curves.png": "Training curves",
+    "reliability.png": "Calibration: reliability before and after temperature scaling",
+    "misclassified.png": "Worst errors",
+}
+
+
+def report_images(checkpoint_dir: str | None) -> list[tuple[str, str]]:
+    """The report plots that training saved beside the weights, with captions."""
+    if not checkpoint_dir:
+        return []
+    folder = Path(checkpoint_dir)
+    return [(str(folder / name), caption) for name, caption in REPORT_PLOTS.items() if (folder / name).is_file()]
+
+
+def trust_markdown(trust) -> str:
+    """Calibration and rejection settings in words."""
+    if not trust.calibrated:
+        return "**Trust**: not calibrated; scores are raw softmax outputs and there is no 'unknown' answer."
+    text = (
+        f"**Trust**: temperature scaling T = {trust.temperature:.3f} fitted on validation; expected calibration error "
+        f"{trust.ece_before:.3f} before, {trust.ece_after:.3f} after."
+    )
+    if trust.rejection_method:
+        text += (
+            f" Images scoring below {trust.rejection_threshold:.3g} ({trust.rejection_method.replace('_', '-')}) "
+            "are answered 'unknown'."
+        )
+    return text
+
+
+TOP_CLASS = "top class"
+METHOD_LABELS = {
+    "scorecam": "scorecam (slow: one forward pass per channel)",
+    "eigencam": "eigencam (ignores the class)",
+}
+
+
+def explanation_markdown(explanation) -> str:
+    """What the heatmap shows and how far it can be trusted."""
+    text = (
+        f"**{explanation.method}** on layer `{explanation.layer_name}` for **{explanation.target_label}** "
+        f"(probability {explanation.target_score:.0%})."
+    )
+    if explanation.faithfulness is not None:
+        text += f"\n\n**Faithfulness {explanation.faithfulness.score:+.2f}**: {explanation.faithfulness.sentence}"
+    return text
+
+
 def model_markdown(info) -> str:
     """A ModelInfo as a short Markdown table."""
     rows = [
@@ -93,53 +147,119 @@ def model_markdown(info) -> str:
         text += "\n".join(f"| {name} | {value:.4g} |" for name, value in sorted(info.metrics.items()))
     else:
         text += "\n\nNo evaluation metrics were saved with this checkpoint."
-    return text
+    return text + "\n\n" + trust_markdown(info.trust)
 
 
-def build_demo(registry: ClassifierRegistry) -> gr.Blocks:
+def build_demo(registry: ClassifierRegistry, max_file_bytes: int = MAX_FILE_BYTES) -> gr.Blocks:
     """The Blocks UI; ``registry`` says which classifiers the dropdowns offer."""
 
     @user_facing
-    def classify_image(image_path: str | None, model: str, top_k: float) -> dict[str, float]:
-        """Classify an uploaded image with the chosen model; returns {label: probability}."""
-        if not image_path:
-            raise gr.Error("No image yet: upload a photo, take one with the webcam, or paste one first.")
+    def classify_image(image: dict | None, model: str, top_k: float) -> tuple[dict[str, float], str]:
+        """Classify an uploaded image; returns ({label: probability}, verdict sentence)."""
+        picture = read_upload(image)
         classifier = registry.get(model)
-        return scores_for_label(classifier.classify(image_path, top_k=int(top_k)))
+        result = classifier.classify(picture, top_k=int(top_k))
+        return scores_for_label(result.predictions), verdict_text(result, classifier.trust)
 
     @user_facing
-    def describe_model(model: str) -> str:
-        """Architecture, size, preprocessing and saved metrics of the chosen model."""
-        return model_markdown(registry.get(model).describe())
+    def describe_model(model: str) -> tuple[str, list[tuple[str, str]]]:
+        """Architecture, size, preprocessing, saved metrics and report plots of the chosen model."""
+        info = registry.get(model).describe()
+        return model_markdown(info), report_images(info.checkpoint_dir)
+
+    @user_facing
+    def explain_image(
+        image: dict | None, model: str, method: str, target: str | None, layer: str | None, alpha: float
+    ) -> tuple[str, dict[str, float], str]:
+        """Grad-CAM for one image: (three-panel picture, top classes, faithfulness sentence)."""
+        picture = read_upload(image)
+        classifier = registry.get(model)
+        explanation = explain_prediction(
+            classifier,
+            picture,
+            method=method,
+            target=None if target in (None, "", TOP_CLASS) else target,
+            layer=(layer or "").strip() or None,
+            alpha=float(alpha),
+        )
+        result = classifier.classify(picture, top_k=5)
+        return explanation.panels, scores_for_label(result.predictions), explanation_markdown(explanation)
+
+    def read_upload(image: dict | None):
+        source = uploaded_image(image)
+        if source is None:
+            raise gr.Error("No image yet: upload a photo, take one with the webcam, or paste one first.")
+        return load_image(source, max_bytes=max_file_bytes)
+
+    @user_facing
+    def target_choices(model: str):
+        """The class dropdown of the Explain tab follows the chosen model's labels."""
+        labels = registry.get(model).id2label
+        return gr.Dropdown(choices=[TOP_CLASS, *(labels[i] for i in sorted(labels))], value=TOP_CLASS)
 
     choices = [(choice.label, choice.source) for choice in registry.choices]
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\nIdentify objects in images, offline.")
+        gr.Markdown(f"# {TITLE}\nIdentify objects in images, see why the model decided, and how far to trust it.")
         model = gr.Dropdown(choices=choices, value=registry.default, label="Classifier")
-        with gr.Tab("Classify"):
-            with gr.Row():
-                with gr.Column():
-                    image = ImageFile(
-                        type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", height=360
-                    )
-                    top_k = gr.Slider(1, 10, value=5, step=1, label="Classes to show")
-                    classify_button = gr.Button("Classify", variant="primary")
-                with gr.Column():
-                    label = gr.Label(label="Prediction", show_label=True)
-                    gr.Markdown(
-                        "Scores are the model's softmax probabilities. A score is only as trustworthy as "
-                        "the model's calibration: the default ImageNet model is not calibrated for your images."
-                    )
-            gr.Examples(examples=[[str(path)] for path in example_photos()], inputs=[image], label="Example photos")
-        with gr.Tab("Model"):
-            details = gr.Markdown("Select a classifier to see its details.")
-            refresh = gr.Button("Show model details")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Classify", id="classify"):
+                with gr.Row():
+                    with gr.Column():
+                        image = gr.Image(
+                            type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", height=360
+                        )
+                        top_k = gr.Slider(1, 10, value=5, step=1, label="Classes to show")
+                        with gr.Row():
+                            classify_button = gr.Button("Classify", variant="primary")
+                            send_button = gr.Button("Explain this image")
+                    with gr.Column():
+                        label = gr.Label(label="Prediction", show_label=True)
+                        verdict = gr.Markdown(elem_id="verdict")
+                gr.Examples(examples=[[str(path)] for path in example_photos()], inputs=[image], label="Example photos")
+            with gr.Tab("Explain", id="explain"):
+                with gr.Row():
+                    with gr.Column():
+                        explain_input = gr.Image(
+                            type="filepath", sources=["upload", "webcam", "clipboard"], label="Image", height=300
+                        )
+                        method = gr.Dropdown(
+                            choices=[(METHOD_LABELS.get(name, name), name) for name in METHODS],
+                            value="gradcam",
+                            label="Method",
+                        )
+                        target = gr.Dropdown(
+                            choices=[TOP_CLASS], value=TOP_CLASS, label="Class to explain", allow_custom_value=True
+                        )
+                        with gr.Accordion("Advanced", open=False):
+                            layer = gr.Textbox(label="Target layer (module name; empty = automatic)")
+                            alpha = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Overlay opacity")
+                        explain_button = gr.Button("Explain", variant="primary")
+                    with gr.Column():
+                        panels = gr.Image(label="Original | heatmap | overlay", type="pil", interactive=False)
+                        faithfulness = gr.Markdown(elem_id="faithfulness")
+                        explain_label = gr.Label(label="Top classes")
+            with gr.Tab("Model", id="model"):
+                details = gr.Markdown("Select a classifier to see its details.")
+                plots = gr.Gallery(label="Evaluation report", columns=2, height="auto", object_fit="contain")
+                refresh = gr.Button("Show model details")
 
-        classify_button.click(classify_image, [image, model, top_k], label, api_name="classify")
-        image.upload(classify_image, [image, model, top_k], label, api_name=False)
-        refresh.click(describe_model, [model], details, api_name="describe_model")
-        model.change(describe_model, [model], details, api_name=False)
-        demo.load(describe_model, [model], details, api_name=False)
+        raw = {"preprocess": False}  # see uploaded_image()
+        classify_button.click(classify_image, [image, model, top_k], [label, verdict], api_name="classify", **raw)
+        image.upload(classify_image, [image, model, top_k], [label, verdict], api_name=False, **raw)
+        send_button.click(lambda picture: (picture, gr.Tabs(selected="explain")), [image], [explain_input, tabs],
+                          api_name=False)  # fmt: skip
+        explain_button.click(
+            explain_image,
+            [explain_input, model, method, target, layer, alpha],
+            [panels, explain_label, faithfulness],
+            api_name="explain",
+            **raw,
+        )
+        refresh.click(describe_model, [model], [details, plots], api_name="describe_model")
+        model.change(describe_model, [model], [details, plots], api_name=False)
+        model.change(target_choices, [model], [target], api_name=False)
+        demo.load(describe_model, [model], [details, plots], api_name=False)
+        demo.load(target_choices, [model], [target], api_name=False)
     return demo
 
 
@@ -208,5 +328,5 @@ if __name__ == "__main__":
         registry.get()  # load (and on first run, convert) the default model before serving
     except ModelLoadError as error:
         sys.exit(f"error: {error}")
-    demo = build_demo(registry)
+    demo = build_demo(registry, max_file_bytes=int(cli.max_file_mb * 2**20))
     launch_app(demo, cli)

@@ -62,7 +62,7 @@ def tiny_resnet_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def default_dir():
     """The converted default checkpoint (built once into the user's cache, then reused)."""
-    from pipelines.default_model import default_checkpoint_dir
+    from common.default_model import default_checkpoint_dir
 
     return default_checkpoint_dir()
 
@@ -74,3 +74,53 @@ def photo_file(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_timm_dir(tmp_path_factory):
+    """timm's test_efficientnet wrapped as a transformers checkpoint (like the default model)."""
+    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+    torch.manual_seed(0)
+    config = TimmWrapperConfig(
+        architecture="test_efficientnet",
+        num_labels=3,
+        id2label=TINY_LABELS,
+        label2id={v: k for k, v in TINY_LABELS.items()},
+        pretrained_cfg={"input_size": [3, 48, 48], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0},
+    )
+    directory = tmp_path_factory.mktemp("tiny-timm")
+    TimmWrapperForImageClassification(config).save_pretrained(directory)
+    return directory
+
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 190, 40), "blue": (40, 40, 210)}
+
+
+def write_colour_folders(root, per_split=None, seed=0, size=40):
+    """An imagefolder of noisy colour patches: classes any model learns in a few steps."""
+    from pathlib import Path
+
+    per_split = per_split or {"train": 12, "validation": 6, "test": 6}
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for split, count in per_split.items():
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 35, (size, size, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
+    for split in ("validation", "test"):
+        folder = root / "other" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(6):  # grey and striped images: none of the colours
+            grey = np.full((size, size, 3), rng.integers(60, 200), dtype=np.uint8)
+            grey[:, ::4] = 255 - grey[:, ::4]
+            Image.fromarray(grey).save(folder / f"other_{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def colour_folders(tmp_path_factory):
+    return write_colour_folders(tmp_path_factory.mktemp("colours"))

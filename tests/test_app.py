@@ -34,8 +34,9 @@ def chelsea():
 
 
 def test_classify_endpoint_names_the_cat(client, chelsea):
-    result = client.predict(handle_file(str(chelsea)), "default", 5, api_name="/classify")
+    result, verdict = client.predict(handle_file(str(chelsea)), "default", 5, api_name="/classify")
     assert result["label"] in CAT_LABELS
+    assert verdict.startswith(result["label"]) and "not been calibrated" in verdict
     confidences = {c["label"]: c["confidence"] for c in result["confidences"]}
     assert len(confidences) == 5
     assert sum(confidences[name] for name in CAT_LABELS if name in confidences) > 0.8
@@ -61,13 +62,14 @@ def test_eight_concurrent_requests_all_succeed(client):
             pool.submit(client.predict, handle_file(str(path)), "default", 3, api_name="/classify") for path in jobs
         ]
         results = [future.result(timeout=120) for future in futures]
-    for path, result in zip(jobs, results):
+    for path, (result, _) in zip(jobs, results):
         assert result["label"] in example_photos()[path], path.name
 
 
 def test_model_endpoint_describes_the_default(client):
-    text = client.predict("default", api_name="/describe_model")
-    assert "tf_efficientnet_lite0" in text and "| Classes | 1000 |" in text and "mean [0.5, 0.5, 0.5]" in text
+    text, plots = client.predict("default", api_name="/describe_model")
+    assert plots == []  # the default model ships no training report
+    assert "not calibrated" in text and "tf_efficientnet_lite0" in text and "| Classes | 1000 |" in text and "mean [0.5, 0.5, 0.5]" in text
 
 
 def test_checkpoints_in_the_models_folder_are_offered(tmp_path, tiny_vit_dir):
@@ -102,7 +104,7 @@ def test_share_without_internet_says_so_and_keeps_serving(tmp_path):
             assert process.poll() is None, f"app exited:\n{log.read_text()}"
             time.sleep(0.5)
         assert "No public share link could be created" in log.read_text()
-        result = Client("http://127.0.0.1:7931/", verbose=False).predict(
+        result, _ = Client("http://127.0.0.1:7931/", verbose=False).predict(
             handle_file(str(next(iter(example_photos())))), "default", 1, api_name="/classify"
         )
         assert result["label"]
@@ -121,3 +123,25 @@ def test_bad_classifier_flag_stops_with_a_message():
     )
     assert result.returncode != 0
     assert "./no/such/checkpoint" in result.stderr and "does not exist" in result.stderr
+
+
+def test_explain_endpoint_returns_panels_and_a_faithfulness_sentence(client, chelsea):
+    from PIL import Image
+
+    panels, top, text = client.predict(
+        handle_file(str(chelsea)), "default", "gradcam", "top class", "", 0.5, api_name="/explain"
+    )
+    picture = Image.open(panels)
+    assert picture.width > 2.5 * picture.height  # three panels side by side
+    assert top["label"] in CAT_LABELS
+    assert "Faithfulness" in text and "gradcam" in text
+
+
+def test_explain_a_chosen_class_and_a_bad_layer(client, chelsea):
+    _, _, text = client.predict(
+        handle_file(str(chelsea)), "default", "gradcam", "espresso", "", 0.5, api_name="/explain"
+    )
+    assert "**espresso**" in text
+    with pytest.raises(Exception, match="no_such_layer.*timm_model"):
+        client.predict(handle_file(str(chelsea)), "default", "gradcam", "top class", "no_such_layer", 0.5,
+                       api_name="/explain")  # fmt: skip
