@@ -66,12 +66,17 @@ def fit_temperature_without_overreach(logits: np.ndarray, labels: np.ndarray) ->
 
 
 def split_other_images(other_dir: str | None) -> tuple[list[str], list[str]]:
-    """(fit, report) image lists: ``validation/`` and ``test/`` inside, or alternate halves."""
+    """(fit, report) image lists: held-apart sub-folders when present, else alternate halves.
+
+    ``calibration/`` + ``holdout/`` (what ``train.datasets parts`` writes) or ``validation/`` +
+    ``test/``: the threshold is fitted on the first and reported on the second.
+    """
     if not other_dir:
         return [], []
     root = Path(other_dir)
-    if (root / "validation").is_dir() and (root / "test").is_dir():
-        return data.load_other_images(root / "validation"), data.load_other_images(root / "test")
+    for fit, held_out in (("calibration", "holdout"), ("validation", "test")):
+        if (root / fit).is_dir() and (root / held_out).is_dir():
+            return data.load_other_images(root / fit), data.load_other_images(root / held_out)
     files = data.load_other_images(root)
     return files[::2], files[1::2]
 

@@ -132,6 +132,7 @@ class RecipeArguments:
     augment_scale_min: float = field(default=0.6, metadata={"help": "RandomResizedCrop's smallest area share."})
     augment_rotation: float = field(default=15.0, metadata={"help": "Random rotation range in degrees (0: off)."})
     augment_color_jitter: float = field(default=0.2, metadata={"help": "ColorJitter strength (0: off)."})
+    augment_hflip: bool = field(default=True, metadata={"help": "Flip left-right (off for text and digits)."})
     augment_vflip: bool = field(default=False, metadata={"help": "Also flip vertically (top-down imagery)."})
     mixup_alpha: float = field(default=0.0, metadata={"help": "MixUp alpha (0: off). Single-label only."})
     cutmix_alpha: float = field(default=0.0, metadata={"help": "CutMix alpha (0: off). Single-label only."})
@@ -161,6 +162,7 @@ class RecipeArguments:
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
             scale_min=self.augment_scale_min,
+            hflip=self.augment_hflip,
             vflip=self.augment_vflip,
             rotation_degrees=self.augment_rotation,
             color_jitter=self.augment_color_jitter,
