@@ -140,7 +140,9 @@ def test_calibration_record_round_trips(tmp_path):
 
 
 def test_calibration_record_without_rule_or_measured_error(tmp_path):
-    record = CalibrationRecord(temperature=1.0, ece_before=math.nan, ece_after=math.nan, rejection=None, thresholds=None)
+    record = CalibrationRecord(
+        temperature=1.0, ece_before=math.nan, ece_after=math.nan, rejection=None, thresholds=None
+    )
     record.save(tmp_path)
     data = json.loads((tmp_path / "calibration.json").read_text())
     assert data["ece_before"] is None and data["rejection"] is None and data["multi_label_thresholds"] is None

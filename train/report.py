@@ -64,7 +64,9 @@ def plot_confusion_matrix(
     accuracy = float((labels == preds).mean())
 
     side = min(_MAX_FIGURE_INCHES, max(5.0, 0.45 * num_classes + 2.5))
-    font_size = float(np.clip(240 / max(num_classes, 1), 4, 10))
+    # Text about 40% of a cell high: readable while the figure grows, shrinking once it stops growing.
+    cell_points = (side - 2.5) / num_classes * 72
+    font_size = float(np.clip(0.4 * cell_points, 3, 10))
     fig, ax = plt.subplots(figsize=(side + 1.0, side), dpi=_DPI)
     try:
         image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -86,6 +88,8 @@ def plot_confusion_matrix(
                     fontsize=font_size,
                     color="white" if value > 0.5 else "black",
                 )
+        # Rotated class names would otherwise be cut off at the bottom edge.
+        fig.tight_layout()
         return _save(fig, path)
     finally:
         plt.close(fig)
