@@ -1,0 +1,677 @@
+"""Defect segmentation at full resolution: preprocess -> forward -> postprocess, for a saved SegFormer.
+
+Images run at their own size: the pixels are normalised as the checkpoint's processor says,
+padded up to a multiple of SegFormer's stride (32) and, when ``tile_width`` is set, cut into
+overlapping tiles whose logits are blended back together. Logits are upsampled to the padded
+size and cropped, so every mask has the size of the image that was read. Label 0 is the
+background; every other label is a defect class named by the checkpoint's ``id2label``.
+
+An optional stage-1 multi-label classifier ("which defect types are present") removes the
+classes it rules out, and a folder of images becomes a Kaggle (Severstal) submission CSV.
+
+>>> from pipelines.segmentation import DefectSegmenter
+>>> segmenter = DefectSegmenter.from_pretrained("models/steel-segformer", tile_width=512)  # doctest: +SKIP
+>>> [(r.label, round(r.area_fraction, 3)) for r in segmenter.segment("0002cc93b.jpg").regions]  # doctest: +SKIP
+[('pitting', 0.012), ('crazing', 0.0), ('scratches', 0.0), ('patches', 0.0)]
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import csv
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from common.checkpoints import ModelLoadError, load_pretrained
+from common.image_io import ImageLoadError, load_image
+from common.preprocessing import input_geometry
+from common.rle import rle_encode
+from pipelines.classification import ImageClassifier, iter_image_files
+
+ImageSource = str | os.PathLike | bytes | Image.Image
+MinArea = int | Mapping[int | str, int]
+
+# SegFormer's encoder halves the resolution four times after a stride-4 stem: inputs whose
+# sides are multiples of 32 give feature maps that line up exactly with the pixels (and with
+# each other across tiles whose origins are multiples of 32).
+STRIDE = 32
+DEFAULT_TILE_OVERLAP = 64
+# Tiles per model call: bounds memory on very large images while keeping a 256x1600 strip
+# (at most a handful of tiles) to one call.
+DEFAULT_TILE_BATCH = 8
+SUBMISSION_HEADER = ("ImageId", "EncodedPixels", "ClassId")
+DEFAULT_STAGE1_THRESHOLD = 0.5
+
+# Background is black; defect classes 1..8 use well-separated colours (Sasha Trubetskoy's
+# list), so the four Severstal classes are red, green, blue and yellow.
+CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
+    0: (0, 0, 0),
+    1: (230, 25, 75),
+    2: (60, 180, 75),
+    3: (0, 130, 200),
+    4: (255, 225, 25),
+    5: (245, 130, 48),
+    6: (145, 30, 180),
+    7: (70, 240, 240),
+    8: (240, 50, 230),
+}
+
+
+def class_colour(class_id: int) -> tuple[int, int, int]:
+    """The colour of ``class_id``: ``CLASS_COLOURS``, then golden-ratio hues for larger ids."""
+    if class_id in CLASS_COLOURS:
+        return CLASS_COLOURS[class_id]
+    red, green, blue = colorsys.hsv_to_rgb((class_id * 0.618034) % 1.0, 0.75, 0.95)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing NumPy arrays is ambiguous
+class DefectRegion:
+    """One defect class in one image.
+
+    ``mask`` is boolean at the original image size; ``confidence`` is the mean max-softmax
+    probability over the mask's pixels (0 when the mask is empty); ``rle`` is the Severstal
+    run-length encoding of the mask ("" when empty). ``ruled_out`` means stage 1 said the class
+    is not in the image, so its pixels were given to the background.
+    """
+
+    class_id: int
+    label: str
+    mask: np.ndarray
+    area_fraction: float
+    confidence: float
+    rle: str
+    ruled_out: bool = False
+
+    @property
+    def present(self) -> bool:
+        return self.area_fraction > 0
+
+
+@dataclass(frozen=True, eq=False)
+class Segmentation:
+    """A segmenter's answer for one image.
+
+    ``label_map`` holds the class index of each pixel (uint8, 0 = background) and
+    ``regions`` one entry per defect class 1..C-1 in class order, present or not.
+    ``probabilities`` (float16, C x H x W, before stage 1 and ``min_area``) is only kept when
+    asked for: at two bytes per class and pixel it outweighs the label map C * 2 to 1. ``stage1`` holds the stage-1
+    probability of each defect label when a stage-1 classifier was used.
+    """
+
+    label_map: np.ndarray
+    probabilities: np.ndarray | None
+    regions: list[DefectRegion]
+    defective: bool
+    stage1: dict[str, float] | None = None
+
+    def region(self, label_or_id: str | int) -> DefectRegion:
+        """The region of one class, by label or class id."""
+        for region in self.regions:
+            if label_or_id in (region.label, region.class_id):
+                return region
+        raise KeyError(f"no defect class {label_or_id!r}; classes are {[r.label for r in self.regions]}")
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Where the tiles of one preprocessed image sit.
+
+    ``model_size`` is the (h, w) the model sees (the image, or ``resize_to``), ``padded_size``
+    that size rounded up to multiples of 32, ``tile_size`` the (h, w) of every tile and
+    ``origins`` their top-left corners in the padded image.
+    """
+
+    original_size: tuple[int, int]
+    model_size: tuple[int, int]
+    padded_size: tuple[int, int]
+    tile_size: tuple[int, int]
+    origins: tuple[tuple[int, int], ...]
+    overlap: int
+
+
+def round_up(value: int, multiple: int = STRIDE) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_starts(length: int, tile: int | None, overlap: int) -> tuple[int, list[int]]:
+    """Tile size and start offsets covering ``length`` (a multiple of 32) with overlapping tiles.
+
+    Consecutive tiles share at least ``overlap`` pixels; the last tile is aligned to the end,
+    so it may share more. Without ``tile`` or when one tile covers everything, one tile.
+    """
+    if tile is None or length <= tile:
+        return length, [0]
+    step = tile - overlap
+    return tile, [*range(0, length - tile, step), length - tile]
+
+
+def blend_weights(tile: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
+    """1-D blending weights: a linear ramp over ``overlap`` pixels on each side shared with a neighbour.
+
+    Ramps start at 0.5/overlap, not 0, so every pixel has some weight from some tile.
+    """
+    weights = torch.ones(tile)
+    ramp = (torch.arange(overlap, dtype=torch.float32) + 0.5) / overlap
+    if not at_start:
+        weights[:overlap] = torch.minimum(weights[:overlap], ramp)
+    if not at_end:
+        weights[-overlap:] = torch.minimum(weights[-overlap:], ramp.flip(0))
+    return weights
+
+
+def _check_tile_option(name: str, value: int | None, overlap: int) -> None:
+    if value is None:
+        return
+    if value % STRIDE or value <= overlap:
+        suggestion = max(round_up(value), round_up(overlap + 1))
+        raise ValueError(
+            f"{name} must be a multiple of {STRIDE} (SegFormer's stride) larger than the tile overlap "
+            f"{overlap}, got {value}; try {suggestion}, or None to run the whole image at once."
+        )
+
+
+class DefectSegmenter:
+    """A semantic-segmentation checkpoint (label 0 = background) with optional stage-1 classifier."""
+
+    def __init__(
+        self,
+        model,
+        processor,
+        source: str,
+        *,
+        stage1: ImageClassifier | None = None,
+        tile_width: int | None = None,
+        tile_height: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        tile_batch: int = DEFAULT_TILE_BATCH,
+        resize_to: tuple[int, int] | None = None,
+    ):
+        """See :meth:`from_pretrained` for the options.
+
+        Raises:
+            ValueError: a tiling or resize option that cannot work, named with a fix.
+            ModelLoadError: the model has too many classes for a uint8 label map, or the
+                stage-1 classifier does not match its defect classes.
+        """
+        if tile_overlap % STRIDE or tile_overlap < 0:
+            raise ValueError(f"tile_overlap must be a non-negative multiple of {STRIDE}, got {tile_overlap}.")
+        _check_tile_option("tile_width", tile_width, tile_overlap)
+        _check_tile_option("tile_height", tile_height, tile_overlap)
+        if tile_batch < 1:
+            raise ValueError(f"tile_batch must be at least 1, got {tile_batch}.")
+        if resize_to is not None and (len(resize_to) != 2 or min(resize_to) < 1):
+            raise ValueError(f"resize_to must be (height, width) in pixels, got {resize_to!r}.")
+        self.model = model.eval()
+        self.processor = processor
+        self.source = source
+        self.tile_width, self.tile_height = tile_width, tile_height
+        self.tile_overlap, self.tile_batch = tile_overlap, tile_batch
+        self.resize_to = None if resize_to is None else (int(resize_to[0]), int(resize_to[1]))
+        self.id2label = {int(i): name for i, name in model.config.id2label.items()}
+        self.num_labels = model.config.num_labels
+        if not 2 <= self.num_labels <= 256:
+            raise ModelLoadError(
+                f"Segmentation model '{source}' has {self.num_labels} labels; this pipeline needs background "
+                "plus 1 to 255 defect classes (the label map is uint8)."
+            )
+        geometry = input_geometry(processor)
+        self._mean = torch.tensor(geometry.mean, dtype=torch.float32).view(-1, 1, 1)
+        self._std = torch.tensor(geometry.std, dtype=torch.float32).view(-1, 1, 1)
+        self._scale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
+        self._resample = Image.Resampling[geometry.interpolation.upper()]
+        self.stage1 = stage1
+        self._stage1_columns, self._stage1_thresholds = self._match_stage1(stage1) if stage1 else ([], [])
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        stage1: str | os.PathLike | None = None,
+        tile_width: int | None = None,
+        tile_height: int | None = None,
+        tile_overlap: int = DEFAULT_TILE_OVERLAP,
+        resize_to: tuple[int, int] | None = None,
+    ) -> DefectSegmenter:
+        """Load a segmentation checkpoint directory or hub id, and optionally a stage-1 classifier.
+
+        Args:
+            name_or_path: A checkpoint saved with ``save_pretrained`` (config with id2label,
+                preprocessor_config.json, weights) or a cached hub id.
+            stage1: A multi-label classifier checkpoint whose labels are this model's defect
+                labels (id2label[1:]); the classes it rules out are removed from the masks.
+            tile_width: Run tiles this wide (a multiple of 32), overlapping by ``tile_overlap``
+                pixels, instead of the whole image: bounded memory on wide or large images.
+            tile_height: The same along the height; None keeps the full height (steel strips
+                are only 256 pixels high).
+            tile_overlap: Pixels shared by neighbouring tiles, where logits are blended.
+            resize_to: ``(height, width)`` to resize every image to before inference, for a
+                model trained on resized images (its processor's ``size``). By default images
+                run at their native resolution and the processor's fixed resize is ignored:
+                the default SegFormer size of 512x512 would squash a 256x1600 strip six-fold
+                horizontally. Masks always come back at the original image size.
+
+        Raises:
+            common.checkpoints.ModelLoadError: with the reason and the fix.
+        """
+        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+        model = load_pretrained(AutoModelForSemanticSegmentation, name_or_path)
+        processor = load_pretrained(AutoImageProcessor, name_or_path)
+        classifier = ImageClassifier.from_pretrained(stage1) if stage1 is not None else None
+        return cls(
+            model,
+            processor,
+            source=str(name_or_path),
+            stage1=classifier,
+            tile_width=tile_width,
+            tile_height=tile_height,
+            tile_overlap=tile_overlap,
+            resize_to=resize_to,
+        )
+
+    @property
+    def defect_labels(self) -> list[str]:
+        return [self.id2label.get(i, str(i)) for i in range(1, self.num_labels)]
+
+    def _match_stage1(self, classifier: ImageClassifier) -> tuple[list[int], list[float]]:
+        """For each defect class 1..C-1: the stage-1 output index with its label, and its threshold."""
+        stage1_labels = [classifier.id2label[i] for i in sorted(classifier.id2label)]
+        if not classifier.multi_label:
+            raise ModelLoadError(
+                f"Stage-1 classifier '{classifier.source}' is single-label (softmax), so it cannot say that "
+                "several defect types are present. Train it with --problem_type multi_label."
+            )
+        if sorted(stage1_labels) != sorted(self.defect_labels):
+            raise ModelLoadError(
+                f"Stage-1 classifier '{classifier.source}' has labels {stage1_labels}, but segmentation model "
+                f"'{self.source}' has defect labels {self.defect_labels} (id2label[1:]). Train stage 1 on the same "
+                "defect classes, with the same names."
+            )
+        thresholds = classifier.trust.multi_label_thresholds
+        if thresholds is not None and len(thresholds) != len(stage1_labels):
+            raise ModelLoadError(
+                f"Stage-1 classifier '{classifier.source}' has {len(thresholds)} multi_label_thresholds in its "
+                f"calibration.json for {len(stage1_labels)} labels; recalibrate it or delete calibration.json."
+            )
+        index = {label: i for i, label in enumerate(stage1_labels)}
+        columns = [index[label] for label in self.defect_labels]
+        return columns, [thresholds[c] if thresholds else DEFAULT_STAGE1_THRESHOLD for c in columns]
+
+    # -- preprocess -> forward -> postprocess ------------------------------------------------
+
+    def preprocess(self, image: Image.Image) -> tuple[torch.Tensor, TileGrid]:
+        """An RGB image -> normalised, padded tiles ``(T, 3, th, tw)`` and where they go.
+
+        Padding (bottom and right, up to the next multiple of 32) is 0 after normalising, i.e.
+        the dataset's mean colour, the most neutral value the model knows.
+        """
+        original_size = (image.height, image.width)
+        if self.resize_to is not None and self.resize_to != original_size:
+            image = image.resize((self.resize_to[1], self.resize_to[0]), resample=self._resample)
+        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
+        pixels = (pixels * self._scale - self._mean) / self._std
+        height, width = pixels.shape[1:]
+        padded = (round_up(height), round_up(width))
+        pixels = F.pad(pixels, (0, padded[1] - width, 0, padded[0] - height))
+        tile_h, ys = tile_starts(padded[0], self.tile_height, self.tile_overlap)
+        tile_w, xs = tile_starts(padded[1], self.tile_width, self.tile_overlap)
+        origins = tuple((y, x) for y in ys for x in xs)
+        tiles = torch.stack([pixels[:, y : y + tile_h, x : x + tile_w] for y, x in origins])
+        grid = TileGrid(original_size, (height, width), padded, (tile_h, tile_w), origins, self.tile_overlap)
+        return tiles, grid
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """One model call; returns logits ``(N, C, h, w)`` (1/4 of the input size for SegFormer)."""
+        with torch.inference_mode():
+            return self.model(pixel_values=pixel_values).logits
+
+    def forward_tiles(self, tiles: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` over ``tile_batch`` tiles at a time, so memory does not grow with the image."""
+        return torch.cat([self.forward(tiles[i : i + self.tile_batch]) for i in range(0, len(tiles), self.tile_batch)])
+
+    def stitch(self, tile_logits: torch.Tensor, grid: TileGrid) -> torch.Tensor:
+        """Tile logits -> ``(C, H, W)`` float32 logits at the original image size.
+
+        Each tile's logits are upsampled bilinearly to the tile size, tiles are averaged with
+        linear ramps over their overlaps, the padding is cropped, and a ``resize_to`` image is
+        resized back to its original size.
+        """
+        tile_logits = F.interpolate(tile_logits.float(), size=grid.tile_size, mode="bilinear", align_corners=False)
+        if len(grid.origins) == 1:
+            logits = tile_logits[0]
+        else:
+            (tile_h, tile_w), (padded_h, padded_w) = grid.tile_size, grid.padded_size
+            total = torch.zeros((tile_logits.shape[1], padded_h, padded_w))
+            weight_sum = torch.zeros((padded_h, padded_w))
+            for (y, x), logits in zip(grid.origins, tile_logits):
+                weight = torch.outer(
+                    blend_weights(tile_h, grid.overlap, y == 0, y + tile_h == padded_h),
+                    blend_weights(tile_w, grid.overlap, x == 0, x + tile_w == padded_w),
+                )
+                total[:, y : y + tile_h, x : x + tile_w] += logits * weight
+                weight_sum[y : y + tile_h, x : x + tile_w] += weight
+            logits = total / weight_sum
+        logits = logits[:, : grid.model_size[0], : grid.model_size[1]]
+        if grid.model_size != grid.original_size:
+            logits = F.interpolate(logits[None], size=grid.original_size, mode="bilinear", align_corners=False)[0]
+        return logits
+
+    def postprocess(
+        self,
+        logits: torch.Tensor,
+        *,
+        min_area: MinArea = 0,
+        stage1_probabilities: Sequence[float] | None = None,
+        return_probabilities: bool = False,
+    ) -> Segmentation:
+        """``(C, H, W)`` logits at the image size -> label map, per-class regions and RLEs.
+
+        Args:
+            logits: The output of :meth:`stitch`.
+            min_area: Pixels a class needs in the image to be kept (an int for every class, or
+                ``{class id or label: pixels}``); smaller masks are cleared, as the Severstal
+                winners did per class to cut false positives on clean images.
+            stage1_probabilities: Stage-1 probability of each defect class 1..C-1, in class order.
+            return_probabilities: Keep the softmax as float16 in the result.
+        """
+        probabilities = logits.softmax(dim=0)
+        max_probability, labels = probabilities.max(dim=0)
+        label_map = labels.numpy().astype(np.uint8)
+        max_probability = max_probability.numpy()
+        ruled_out = [False] * (self.num_labels - 1)
+        if stage1_probabilities is not None:
+            ruled_out = [p < t for p, t in zip(stage1_probabilities, self._stage1_thresholds)]
+        counts = np.bincount(label_map.ravel(), minlength=self.num_labels)
+        min_areas = self.min_areas(min_area)
+        for class_id in range(1, self.num_labels):
+            if counts[class_id] and (ruled_out[class_id - 1] or counts[class_id] < min_areas[class_id]):
+                label_map[label_map == class_id] = 0
+        counts = np.bincount(label_map.ravel(), minlength=self.num_labels)
+        confidence_sums = np.bincount(label_map.ravel(), weights=max_probability.ravel(), minlength=self.num_labels)
+        regions = []
+        for class_id in range(1, self.num_labels):
+            mask = label_map == class_id
+            pixels = int(counts[class_id])
+            regions.append(
+                DefectRegion(
+                    class_id=class_id,
+                    label=self.id2label.get(class_id, str(class_id)),
+                    mask=mask,
+                    area_fraction=pixels / label_map.size,
+                    confidence=float(confidence_sums[class_id] / pixels) if pixels else 0.0,
+                    rle=rle_encode(mask) if pixels else "",
+                    ruled_out=bool(ruled_out[class_id - 1]),
+                )
+            )
+        return Segmentation(
+            label_map=label_map,
+            regions=regions,
+            defective=bool(counts[1:].any()),
+            probabilities=probabilities.numpy().astype(np.float16) if return_probabilities else None,
+            stage1=None
+            if stage1_probabilities is None
+            else {label: float(p) for label, p in zip(self.defect_labels, stage1_probabilities)},
+        )
+
+    def min_areas(self, min_area: MinArea) -> list[int]:
+        """``min_area`` as one pixel count per class 0..C-1 (background's is 0).
+
+        Raises:
+            ValueError: an unknown class or a negative count, naming the classes.
+        """
+        if isinstance(min_area, Mapping):
+            by_label = {label: class_id for class_id, label in self.id2label.items()}
+            areas = [0] * self.num_labels
+            for key, pixels in min_area.items():
+                class_id = by_label.get(key, key)
+                if not isinstance(class_id, int) or not 1 <= class_id < self.num_labels:
+                    raise ValueError(
+                        f"min_area has unknown defect class {key!r}; use ids 1..{self.num_labels - 1} "
+                        f"or labels {self.defect_labels}."
+                    )
+                areas[class_id] = int(pixels)
+        else:
+            areas = [0] + [int(min_area)] * (self.num_labels - 1)
+        if min(areas) < 0:
+            raise ValueError(f"min_area must be 0 or more pixels, got {min_area!r}.")
+        return areas
+
+    def stage1_probabilities(self, images: Sequence[Image.Image]) -> list[list[float]] | None:
+        """Stage-1 probability of each defect class 1..C-1 per image; None without stage 1."""
+        if self.stage1 is None:
+            return None
+        logits = self.stage1.forward(self.stage1.preprocess(list(images)))
+        probabilities = self.stage1.probabilities(logits)[:, self._stage1_columns]
+        return probabilities.tolist()
+
+    # -- public entry points -----------------------------------------------------------------
+
+    def segment(self, image: ImageSource, *, min_area: MinArea = 0, return_probabilities: bool = False) -> Segmentation:
+        """Segment one image (a path, bytes or a PIL image) at its full resolution.
+
+        Raises:
+            common.image_io.ImageLoadError: the image cannot be read.
+        """
+        return self.segment_batch([image], min_area=min_area, return_probabilities=return_probabilities)[0]
+
+    def segment_batch(
+        self, images: Sequence[ImageSource], *, min_area: MinArea = 0, return_probabilities: bool = False
+    ) -> list[Segmentation]:
+        """Segment several images; stage 1 runs on all of them in one call, segmentation per image."""
+        self.min_areas(min_area)  # fail on a bad option before any inference
+        rgb = [load_image(image) for image in images]
+        stage1 = self.stage1_probabilities(rgb) or [None] * len(rgb)
+        results = []
+        for image, presence in zip(rgb, stage1):
+            tiles, grid = self.preprocess(image)
+            logits = self.stitch(self.forward_tiles(tiles), grid)
+            results.append(
+                self.postprocess(
+                    logits, min_area=min_area, stage1_probabilities=presence, return_probabilities=return_probabilities
+                )
+            )
+        return results
+
+    def describe(self) -> dict:
+        """What the loaded models are and how images reach them, for people and logs."""
+        config = self.model.config
+        geometry = input_geometry(self.processor)
+        stage1 = None
+        if self.stage1 is not None:
+            stage1 = {
+                "source": self.stage1.source,
+                "architecture": (self.stage1.model.config.architectures or [type(self.stage1.model).__name__])[0],
+                "thresholds": dict(zip(self.defect_labels, self._stage1_thresholds)),
+            }
+        return {
+            "source": self.source,
+            "architecture": (config.architectures or [type(self.model).__name__])[0],
+            "model_type": config.model_type,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "num_labels": self.num_labels,
+            "id2label": dict(self.id2label),
+            "input": {
+                "resolution": "native" if self.resize_to is None else "resized",
+                "resize_to": self.resize_to,
+                "processor_size": geometry.input_size,  # ignored unless resize_to is set; see from_pretrained
+                "pad_to_multiple_of": STRIDE,
+                "tile_width": self.tile_width,
+                "tile_height": self.tile_height,
+                "tile_overlap": self.tile_overlap,
+                "rescale_factor": self._scale,
+                "mean": geometry.mean,
+                "std": geometry.std,
+            },
+            "stage1": stage1,
+        }
+
+
+# -- pictures -----------------------------------------------------------------------------------
+
+
+def _palette_lut(size: int = 256) -> np.ndarray:
+    return np.array([class_colour(i) for i in range(size)], dtype=np.uint8)
+
+
+def overlay_masks(image: Image.Image, segmentation: Segmentation, alpha: float = 0.45) -> Image.Image:
+    """The image with each defect class tinted in its ``CLASS_COLOURS`` colour and outlined.
+
+    Raises:
+        ValueError: ``image`` is not the size that was segmented, or ``alpha`` is outside 0..1.
+    """
+    label_map = segmentation.label_map
+    if (image.height, image.width) != label_map.shape:
+        raise ValueError(
+            f"overlay_masks: the image is {image.width}x{image.height} but the segmentation is "
+            f"{label_map.shape[1]}x{label_map.shape[0]}; pass the image that was segmented."
+        )
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay_masks: alpha must be between 0 and 1, got {alpha}.")
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    colours = _palette_lut()[label_map].astype(np.float32)
+    defect = label_map > 0
+    out = np.where(defect[..., None], (1 - alpha) * pixels + alpha * colours, pixels)
+    # A one-pixel outline in the full colour keeps thin or faint regions visible at any alpha.
+    edge = np.zeros_like(defect)
+    edge[:-1] |= label_map[:-1] != label_map[1:]
+    edge[1:] |= label_map[1:] != label_map[:-1]
+    edge[:, :-1] |= label_map[:, :-1] != label_map[:, 1:]
+    edge[:, 1:] |= label_map[:, 1:] != label_map[:, :-1]
+    edge &= defect
+    out[edge] = colours[edge]
+    return Image.fromarray(np.rint(out).astype(np.uint8))
+
+
+def label_map_png(segmentation: Segmentation) -> Image.Image:
+    """The label map as a palette ("P") image: pixel values are class ids, colours ``CLASS_COLOURS``."""
+    picture = Image.fromarray(segmentation.label_map)
+    picture.putpalette(_palette_lut().ravel().tolist())
+    return picture
+
+
+# -- Kaggle submission ---------------------------------------------------------------------------
+
+
+def submission_rows(image_id: str, segmentation: Segmentation) -> list[tuple[str, str, int]]:
+    """``(ImageId, EncodedPixels, ClassId)`` for every defect class; EncodedPixels is "" when absent."""
+    return [(image_id, region.rle, region.class_id) for region in segmentation.regions]
+
+
+def write_submission(
+    folder_or_files: str | os.PathLike | Sequence[str | os.PathLike],
+    out_csv: str | os.PathLike,
+    segmenter: DefectSegmenter,
+    progress: bool = True,
+    *,
+    min_area: MinArea = 0,
+) -> tuple[int, int]:
+    """Segment a folder (recursively) or files into a Kaggle CSV: ``ImageId,EncodedPixels,ClassId``.
+
+    The ImageId is the file name, as in Severstal. An unreadable file is reported on stderr
+    and counted, and gets no rows: empty rows would claim it has no defects.
+
+    Returns:
+        ``(written, skipped)`` image counts.
+
+    Raises:
+        ValueError: two files share a name (so an ImageId), or ``min_area`` is invalid.
+    """
+    from tqdm.auto import tqdm
+
+    segmenter.min_areas(min_area)  # a bad option fails before the first image, not after an hour
+    paths = [folder_or_files] if isinstance(folder_or_files, (str, os.PathLike)) else list(folder_or_files)
+    files = iter_image_files(paths)
+    first_seen: dict[str, Path] = {}
+    for path in files:
+        if path.name in first_seen:
+            raise ValueError(
+                f"Two images would share the ImageId '{path.name}': {first_seen[path.name]} and {path}. "
+                "Kaggle needs unique file names; segment the folders separately."
+            )
+        first_seen[path.name] = path
+    written = skipped = 0
+    with open(out_csv, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(SUBMISSION_HEADER)
+        for path in tqdm(files, unit="img", disable=not progress):
+            try:
+                segmentation = segmenter.segment(path, min_area=min_area)
+            except ImageLoadError as error:
+                print(f"skipped: {error}", file=sys.stderr)
+                skipped += 1
+                continue
+            writer.writerows(submission_rows(path.name, segmentation))
+            written += 1
+    return written, skipped
+
+
+def parse_min_area(text: str) -> MinArea:
+    """``"500"`` -> 500; ``"1=500,scratches=800"`` -> ``{1: 500, "scratches": 800}``."""
+    if "=" not in text:
+        return int(text)
+    areas: dict[int | str, int] = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        areas[int(key) if key.isdigit() else key] = int(value)
+    return areas
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    return int(height), int(width)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: segment files and folders into a Kaggle submission CSV."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.segmentation",
+        description="Segment defects in images (files or folders) and write a Kaggle submission CSV "
+        "(ImageId,EncodedPixels,ClassId; one row per image and defect class).",
+    )
+    parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("--model", required=True, help="segmentation checkpoint directory or hub id")
+    parser.add_argument("--stage1", help="multi-label 'which defects are present' classifier checkpoint")
+    parser.add_argument("--csv", required=True, help="output CSV path")
+    parser.add_argument("--tile-width", type=int, help="run overlapping tiles this wide (multiple of 32)")
+    parser.add_argument("--resize-to", type=_parse_size, help="HxW to resize images to, for models trained resized")
+    parser.add_argument(
+        "--min-area", type=parse_min_area, default=0, help="pixels a class needs to be kept: N, or CLASS=N,CLASS=N"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not Path(p).exists()]
+    if missing:
+        parser.error(f"no such file or folder: {', '.join(missing)}")
+    try:
+        segmenter = DefectSegmenter.from_pretrained(
+            args.model, stage1=args.stage1, tile_width=args.tile_width, resize_to=args.resize_to
+        )
+        segmenter.min_areas(args.min_area)
+    except ModelLoadError as error:
+        parser.exit(2, f"error: {error}\n")
+    except ValueError as error:  # tiling and --min-area options: the message names the fix
+        parser.error(str(error))
+    try:
+        written, skipped = write_submission(
+            args.paths, args.csv, segmenter, progress=not args.no_progress, min_area=args.min_area
+        )
+    except ValueError as error:  # duplicate ImageIds, found before any inference
+        parser.error(str(error))
+    print(f"segmented {written} image(s) into {args.csv}, skipped {skipped} unreadable file(s)", file=sys.stderr)
+    return 0 if written else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
