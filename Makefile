@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.sha256
 ARGS ?=
 
-.PHONY: venv run test lint bench clean-venv
+.PHONY: venv run test lint bench bench-train clean-venv
 
 # (Re)install only when requirements.txt changed since the last successful install.
 venv:
@@ -29,6 +29,10 @@ test: lint
 
 bench: venv
 	$(PY) -m bench.classification
+
+# Fine-tunes the default model: digits (fp32, then bf16) and parts; see bench/train_classification.py.
+bench-train: venv
+	$(PY) -m bench.train_classification $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
