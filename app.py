@@ -18,11 +18,11 @@ from pathlib import Path
 import gradio as gr
 
 from common.checkpoints import ModelLoadError, resolve_checkpoint
+from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from pipelines.classification import verdict_text
 from pipelines.examples import example_photos
 from pipelines.explanation import METHODS, ExplanationError, explain_prediction
-from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
-from pipelines.registry import ClassifierRegistry
+from pipelines.registry import ClassifierRegistry, LazySegmenter
 
 logger = logging.getLogger("vispect.app")
 
@@ -130,6 +130,58 @@ def explanation_markdown(explanation) -> str:
     return text
 
 
+STEEL_EXAMPLES = Path(__file__).resolve().parent / "examples" / "steel"
+
+
+def uploaded_name(payload) -> str:
+    """The file name the user uploaded (for download names)."""
+    if isinstance(payload, dict):
+        return payload.get("orig_name") or Path(payload.get("path") or "image").name
+    return Path(str(payload or "image")).name
+
+
+def defect_colours(segmenter_source) -> dict[str, str] | None:
+    """Label -> colour for the legend, the same colours as the pipeline's overlays."""
+    from pipelines.segmentation import class_colour
+
+    labels = segmenter_source.labels()
+    if not labels:
+        return None
+    return {label: "#{:02x}{:02x}{:02x}".format(*class_colour(index)) for index, label in labels.items() if index}
+
+
+def segmentation_markdown(result) -> str:
+    """Defective or clean, and what stage 1 said."""
+    found = [r for r in result.regions if r.present]
+    if found:
+        text = "**Defective**: " + ", ".join(f"{r.label} ({100 * r.area_fraction:.2f}% of the image)" for r in found)
+    else:
+        text = "**Clean**: no defect found."
+    if result.stage1 is not None:
+        verdicts = ", ".join(f"{label} {probability:.0%}" for label, probability in result.stage1.items())
+        ruled = [r.label for r in result.regions if r.ruled_out]
+        text += f"\n\nStage 1 (which defect types are present): {verdicts}."
+        if ruled:
+            text += f" Ruled out, so removed from the outline: {', '.join(ruled)}."
+    return text
+
+
+def segmentation_downloads(result, name: Path) -> list[str]:
+    """The class-index mask as a PNG and the per-class RLE rows as a Kaggle-style CSV."""
+    import csv
+    import tempfile
+
+    from pipelines.segmentation import label_map_png, submission_rows
+
+    folder = Path(tempfile.mkdtemp(prefix="vispect-"))
+    mask_path = folder / f"{name.stem}_mask.png"
+    label_map_png(result).save(mask_path)
+    csv_path = folder / f"{name.stem}_rle.csv"
+    with csv_path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([("ImageId", "EncodedPixels", "ClassId"), *submission_rows(name.name, result)])
+    return [str(mask_path), str(csv_path)]
+
+
 def model_markdown(info) -> str:
     """A ModelInfo as a short Markdown table."""
     rows = [
@@ -150,8 +202,14 @@ def model_markdown(info) -> str:
     return text + "\n\n" + trust_markdown(info.trust)
 
 
-def build_demo(registry: ClassifierRegistry, max_file_bytes: int = MAX_FILE_BYTES) -> gr.Blocks:
+def build_demo(
+    registry: ClassifierRegistry,
+    segmenter_source: LazySegmenter | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> gr.Blocks:
     """The Blocks UI; ``registry`` says which classifiers the dropdowns offer."""
+    segmenter_source = segmenter_source or LazySegmenter(None)
+    steel_examples = sorted(STEEL_EXAMPLES.glob("*.jpg"))
 
     @user_facing
     def classify_image(image: dict | None, model: str, top_k: float) -> tuple[dict[str, float], str]:
@@ -190,6 +248,22 @@ def build_demo(registry: ClassifierRegistry, max_file_bytes: int = MAX_FILE_BYTE
         if source is None:
             raise gr.Error("No image yet: upload a photo, take one with the webcam, or paste one first.")
         return load_image(source, max_bytes=max_file_bytes)
+
+    @user_facing
+    def segment_image(image: dict | None, min_area: float):
+        """Outline defects: (annotated image, per-class table, verdict, [mask PNG, RLE CSV])."""
+        picture = read_upload(image)
+        segmenter = segmenter_source.get()
+        result = segmenter.segment(picture, min_area=int(min_area))
+        return (
+            (picture, [(region.mask, region.label) for region in result.regions if region.present]),
+            [
+                [r.label, round(100 * r.area_fraction, 3), round(r.confidence, 3), "yes" if r.ruled_out else ""]
+                for r in result.regions
+            ],  # fmt: skip
+            segmentation_markdown(result),
+            segmentation_downloads(result, Path(uploaded_name(image))),
+        )
 
     @user_facing
     def target_choices(model: str):
@@ -238,6 +312,24 @@ def build_demo(registry: ClassifierRegistry, max_file_bytes: int = MAX_FILE_BYTE
                         panels = gr.Image(label="Original | heatmap | overlay", type="pil", interactive=False)
                         faithfulness = gr.Markdown(elem_id="faithfulness")
                         explain_label = gr.Label(label="Top classes")
+            with gr.Tab("Segment", id="segment"):
+                with gr.Row():
+                    with gr.Column():
+                        steel = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Steel strip image")
+                        min_area = gr.Slider(0, 2000, value=0, step=50, label="Ignore regions smaller than (pixels)")
+                        segment_button = gr.Button("Find defects", variant="primary")
+                        if steel_examples:
+                            gr.Examples(examples=[[str(p)] for p in steel_examples], inputs=[steel],
+                                        label="Generated steel images (not seen in training)")  # fmt: skip
+                    with gr.Column():
+                        annotated = gr.AnnotatedImage(label="Defects", color_map=defect_colours(segmenter_source))
+                        defect_verdict = gr.Markdown(elem_id="defect-verdict")
+                        table = gr.Dataframe(
+                            headers=["defect", "area %", "confidence", "ruled out by stage 1"],
+                            label="Per class",
+                            interactive=False,
+                        )
+                        downloads = gr.File(label="Downloads: mask PNG and RLE CSV", file_count="multiple")
             with gr.Tab("Model", id="model"):
                 details = gr.Markdown("Select a classifier to see its details.")
                 plots = gr.Gallery(label="Evaluation report", columns=2, height="auto", object_fit="contain")
@@ -254,6 +346,9 @@ def build_demo(registry: ClassifierRegistry, max_file_bytes: int = MAX_FILE_BYTE
             [panels, explain_label, faithfulness],
             api_name="explain",
             **raw,
+        )
+        segment_button.click(
+            segment_image, [steel, min_area], [annotated, table, defect_verdict, downloads], api_name="segment", **raw
         )
         refresh.click(describe_model, [model], [details, plots], api_name="describe_model")
         model.change(describe_model, [model], [details, plots], api_name=False)
@@ -276,6 +371,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra classifier checkpoint to offer (repeatable); checkpoints in --models-dir are found automatically",
     )
     parser.add_argument("--models-dir", default="models", help="folder searched for classifier checkpoints")
+    parser.add_argument("--segmenter", help="defect segmentation checkpoint (default: models/steel-segformer)")
+    parser.add_argument("--stage1", help="with --segmenter: its stage-1 'which defects are present' classifier")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20, help="upload size limit in MB")
     parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait before new ones are refused")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
@@ -316,7 +413,7 @@ def launch_app(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: b
 
 
 registry = ClassifierRegistry.from_sources()
-demo = build_demo(registry)
+demo = build_demo(registry, LazySegmenter.from_models_dir())
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -328,5 +425,8 @@ if __name__ == "__main__":
         registry.get()  # load (and on first run, convert) the default model before serving
     except ModelLoadError as error:
         sys.exit(f"error: {error}")
-    demo = build_demo(registry, max_file_bytes=int(cli.max_file_mb * 2**20))
+    segmenter_source = (
+        LazySegmenter(cli.segmenter, cli.stage1) if cli.segmenter else LazySegmenter.from_models_dir(cli.models_dir)
+    )
+    demo = build_demo(registry, segmenter_source, max_file_bytes=int(cli.max_file_mb * 2**20))
     launch_app(demo, cli)

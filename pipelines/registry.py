@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.checkpoints import ModelLoadError
-from pipelines.classification import ImageClassifier
 from common.default_model import DEFAULT_MODEL
+from pipelines.classification import ImageClassifier
 
 DEFAULT_LABEL = "default: EfficientNet-Lite0, ImageNet-1k (1000 classes)"
 
@@ -79,3 +79,52 @@ class ClassifierRegistry:
             if source not in self._loaded:
                 self._loaded[source] = ImageClassifier.from_pretrained(source)
             return self._loaded[source]
+
+
+class LazySegmenter:
+    """The defect segmenter the app serves (with its stage-1 classifier), loaded on first use."""
+
+    def __init__(self, model_dir: str | os.PathLike | None, stage1_dir: str | os.PathLike | None = None):
+        self.model_dir = None if model_dir is None else str(model_dir)
+        self.stage1_dir = None if stage1_dir is None else str(stage1_dir)
+        self._segmenter = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_models_dir(cls, models_dir: str | os.PathLike = "models") -> LazySegmenter:
+        """The embedded demo pair, ``models/steel-segformer`` + ``models/steel-stage1``, when present."""
+        root = Path(models_dir)
+        model = root / "steel-segformer"
+        stage1 = root / "steel-stage1"
+        return cls(model if model.is_dir() else None, stage1 if stage1.is_dir() else None)
+
+    def get(self):
+        """The loaded ``DefectSegmenter``.
+
+        Raises:
+            ModelLoadError: no segmentation model configured, or it cannot be loaded.
+        """
+        from pipelines.segmentation import DefectSegmenter
+
+        if self.model_dir is None:
+            raise ModelLoadError(
+                "No defect segmentation model is available: put one in models/steel-segformer "
+                "(python -m train.semantic_segmentation ...) or start the app with --segmenter DIR."
+            )
+        with self._lock:
+            if self._segmenter is None:
+                # 512-px tiles keep memory bounded on long strips and were no slower than whole images.
+                self._segmenter = DefectSegmenter.from_pretrained(
+                    self.model_dir, stage1=self.stage1_dir, tile_width=512
+                )
+            return self._segmenter
+
+    def labels(self) -> dict[int, str]:
+        """Class names of the configured model, read from its config without loading weights."""
+        if self.model_dir is None:
+            return {}
+        try:
+            config = json.loads((Path(self.model_dir) / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+        return {int(index): name for index, name in (config.get("id2label") or {}).items()}

@@ -277,7 +277,8 @@ class DefectSegmenter:
             tile_width=tile_width,
             tile_height=tile_height,
             tile_overlap=tile_overlap,
-            resize_to=resize_to,
+            # A model trained on resized images says so in its config (train/semantic_segmentation.py).
+            resize_to=resize_to or getattr(model.config, "inference_resize", None),
         )
 
     @property

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from gradio_client import Client, handle_file
 
 import app
@@ -69,7 +70,12 @@ def test_eight_concurrent_requests_all_succeed(client):
 def test_model_endpoint_describes_the_default(client):
     text, plots = client.predict("default", api_name="/describe_model")
     assert plots == []  # the default model ships no training report
-    assert "not calibrated" in text and "tf_efficientnet_lite0" in text and "| Classes | 1000 |" in text and "mean [0.5, 0.5, 0.5]" in text
+    assert (
+        "not calibrated" in text
+        and "tf_efficientnet_lite0" in text
+        and "| Classes | 1000 |" in text
+        and "mean [0.5, 0.5, 0.5]" in text
+    )
 
 
 def test_checkpoints_in_the_models_folder_are_offered(tmp_path, tiny_vit_dir):
@@ -145,3 +151,59 @@ def test_explain_a_chosen_class_and_a_bad_layer(client, chelsea):
     with pytest.raises(Exception, match="no_such_layer.*timm_model"):
         client.predict(handle_file(str(chelsea)), "default", "gradcam", "top class", "no_such_layer", 0.5,
                        api_name="/explain")  # fmt: skip
+
+
+def test_segment_endpoint_outlines_and_offers_downloads(tmp_path):
+    """The Segment tab with a tiny segmenter whose head always answers 'scratches'."""
+    import csv
+
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from pipelines.registry import ClassifierRegistry, LazySegmenter
+
+    labels = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
+    config = SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], num_attention_heads=[1, 1, 2, 2],
+                             decoder_hidden_size=16, num_labels=5, id2label=labels)  # fmt: skip
+    model = SegformerForSemanticSegmentation(config)
+    with torch.no_grad():
+        model.decode_head.classifier.bias[:] = torch.tensor([0.0, 0, 0, 20, 0])
+    model.save_pretrained(tmp_path / "seg")
+    SegformerImageProcessor(do_resize=False).save_pretrained(tmp_path / "seg")
+    image = tmp_path / "strip.png"
+    from PIL import Image
+
+    Image.new("RGB", (320, 64), (128, 128, 128)).save(image)
+
+    demo = app.build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(tmp_path / "seg"))
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        annotated, table, verdict, files = Client(demo.local_url, verbose=False).predict(
+            handle_file(str(image)), 0, api_name="/segment"
+        )
+    finally:
+        demo.close()
+    assert [a["label"] for a in annotated["annotations"]] == ["scratches"]
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["scratches"][1] == pytest.approx(100.0) and rows["pitting"][1] == 0
+    assert verdict.startswith("**Defective**: scratches")
+    names = sorted(Path(f).name for f in files)
+    assert names == ["strip_mask.png", "strip_rle.csv"]
+    rle_rows = list(csv.reader(open(next(f for f in files if f.endswith(".csv")))))
+    assert rle_rows[0] == ["ImageId", "EncodedPixels", "ClassId"] and len(rle_rows) == 5
+    assert next(r for r in rle_rows if r[2] == "3")[1] == f"1 {64 * 320}"
+
+
+def test_segment_without_a_model_says_how_to_get_one(tmp_path):
+    from pipelines.registry import ClassifierRegistry, LazySegmenter
+
+    demo = app.build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(None))
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    image = tmp_path / "strip.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 32)).save(image)
+    try:
+        with pytest.raises(Exception, match="No defect segmentation model.*train.semantic_segmentation"):
+            Client(demo.local_url, verbose=False).predict(handle_file(str(image)), 0, api_name="/segment")
+    finally:
+        demo.close()

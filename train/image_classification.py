@@ -211,13 +211,13 @@ def flags_given(argv: list[str]) -> dict[str, str]:
     return given
 
 
-def script_defaults(given: dict) -> dict:
+def script_defaults(given: dict, base: dict | None = None) -> dict:
     """SCRIPT_DEFAULTS, with saving following a user-chosen evaluation schedule.
 
     The Trainer needs matching save and eval strategies to keep the best model; a user who
     only says ``--eval_strategy steps --eval_steps 50`` means "save on the same schedule".
     """
-    defaults = dict(SCRIPT_DEFAULTS)
+    defaults = dict(SCRIPT_DEFAULTS if base is None else base)
     if not torch.cuda.is_available():
         # Without use_cpu, accelerate does not set up gloo under torchrun on a CPU-only
         # machine and every process silently trains alone; pinned memory only helps GPUs.

@@ -1,0 +1,110 @@
+"""Segmentation training, stage-1 data and Severstal scoring on tiny models and generated steel."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.segmentation import DefectSegmenter
+from train import semantic_segmentation as train_seg
+from train.defect_presence import main as presence_main
+from train.segmentation_metrics import IGNORE_INDEX, dice_per_pair, segmentation_metrics
+from train.synthetic_steel import write_steel
+
+ID2LABEL = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
+
+
+@pytest.fixture(scope="module")
+def steel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("steel")
+    write_steel(out, n=30, seed=5, height=64, width=320)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_segformer_dir(tmp_path_factory):
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
+        num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16, num_labels=5, id2label=ID2LABEL,
+        label2id={v: k for k, v in ID2LABEL.items()},
+    )  # fmt: skip
+    directory = tmp_path_factory.mktemp("tiny-segformer")
+    SegformerForSemanticSegmentation(config).save_pretrained(directory)
+    SegformerImageProcessor(do_resize=False).save_pretrained(directory)
+    return directory
+
+
+def test_severstal_dice_counts_empty_pairs_as_perfect():
+    truth = np.zeros((2, 4, 4), dtype=np.uint8)
+    truth[0, :2, :2] = 3  # image 0 has 4 pixels of class 3
+    predicted = np.zeros_like(truth)
+    predicted[0, :2, :1] = 3  # 2 of them found, nothing else predicted
+    dice = dice_per_pair(predicted, truth, num_classes=5)
+    assert dice[0, 2] == pytest.approx(2 * 2 / (2 + 4))
+    assert (np.delete(dice, 2, axis=1) == 1).all() and dice[1, 2] == 1
+    metrics = segmentation_metrics(predicted, truth, ID2LABEL)
+    assert metrics["mean_dice"] == pytest.approx((7 + 2 / 3) / 8)
+    assert metrics["mean_dice_defective_images"] == pytest.approx((3 + 2 / 3) / 4)
+
+
+def test_ignored_pixels_are_not_scored():
+    truth = np.full((1, 2, 2), IGNORE_INDEX, dtype=np.uint8)
+    truth[0, 0, 0] = 1
+    predicted = np.ones_like(truth)
+    assert segmentation_metrics(predicted, truth, ID2LABEL)["dice_pitting"] == 1.0
+
+
+def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segformer_dir, tmp_path):
+    out = tmp_path / "seg"
+    metrics = train_seg.main([
+        "--data_dir", str(steel), "--model_name_or_path", str(tiny_segformer_dir), "--output_dir", str(out),
+        "--max_steps", "2", "--crop_size", "64x128", "--resize_to", "32x160", "--per_device_train_batch_size", "4",
+        "--eval_strategy", "steps", "--eval_steps", "2", "--disable_tqdm", "true",
+    ])  # fmt: skip
+    assert 0 <= metrics["eval_mean_dice"] <= 1 and "eval_dice_scratches" in metrics
+    for name in ("model.safetensors", "eval_results.json", "predictions.png", "training_curves.png", "README.md"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "config.json").read_text())["inference_resize"] == [32, 160]
+    segmenter = DefectSegmenter.from_pretrained(out)
+    assert segmenter.resize_to == (32, 160)
+    from PIL import Image
+
+    result = segmenter.segment(Image.new("RGB", (320, 64), (120, 120, 120)))
+    assert result.label_map.shape == (64, 320)
+    assert [region.label for region in result.regions] == ["pitting", "crazing", "scratches", "patches"]
+
+
+def test_soft_dice_is_zero_for_a_perfect_answer():
+    labels = torch.tensor([[[0, 1], [2, 2]]])
+    logits = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float() * 50
+    assert train_seg.soft_dice_loss(logits, labels).item() == pytest.approx(0, abs=1e-3)
+
+
+def test_bad_flags_are_named(tmp_path):
+    with pytest.raises(ValueError, match="exactly one data source"):
+        train_seg.parse_args(["--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--crop_size must be HEIGHTxWIDTH in multiples of 32"):
+        train_seg.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--crop_size", "100x100"])
+
+
+def test_stage1_csvs_follow_the_segmenter_split(steel, tmp_path):
+    assert presence_main(["--data_dir", str(steel), "--out", str(tmp_path), "--seed", "0"]) == 0
+    rows = {name: list(csv.DictReader((tmp_path / f"{name}.csv").open())) for name in ("train", "validation")}
+    assert len(rows["train"]) + len(rows["validation"]) == 30
+    assert not {r["path"] for r in rows["train"]} & {r["path"] for r in rows["validation"]}
+    labels = {label for r in rows["train"] for label in r["label"].split(";") if label}
+    assert labels <= set(ID2LABEL.values()) - {"background"}
+    assert any(r["label"] == "" for r in rows["train"])  # clean images stay, with no label
+    from train.segmentation_data import load_kaggle
+
+    truth = {row["image_id"]: row["defects"] for row in load_kaggle(steel).splits["train"]}
+    for row in rows["train"]:
+        expected = {ID2LABEL[i + 1] for i, flag in enumerate(truth[row["path"].rsplit("/", 1)[-1]]) if flag}
+        assert set(filter(None, row["label"].split(";"))) == expected

@@ -1,0 +1,419 @@
+"""Train a defect segmenter (SegFormer or any AutoModelForSemanticSegmentation) with the Trainer.
+
+    python -m train.datasets steel --out data/steel --n 600
+    python -m train.semantic_segmentation --data_dir data/steel --model_name_or_path b0 \\
+        --output_dir models/steel-segformer --max_steps 1500
+
+``--model_name_or_path`` takes a checkpoint directory, a hub id, or a SegFormer size
+(``b0`` ... ``b2``) to start from random weights, which is what works offline. Training sees
+random crops (``--crop_size``) flipped jointly with their masks; validation scores whole
+images with Severstal's Dice. The output directory is a checkpoint that
+``pipelines/segmentation.py`` and the app's Segment tab load as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForSemanticSegmentation,
+    EarlyStoppingCallback,
+    HfArgumentParser,
+    SegformerConfig,
+    SegformerForSemanticSegmentation,
+    SegformerImageProcessor,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from common.checkpoints import load_pretrained
+from common.image_io import load_image
+from train import report
+from train import segmentation_data as seg
+from train.classification_data import DataError
+from train.image_classification import check_output_dir, flags_given
+from train.segmentation_metrics import IGNORE_INDEX, segmentation_metrics
+
+logger = logging.getLogger("vispect.train.segmentation")
+
+# SegFormer's published encoder sizes (Xie et al., 2021), for training from random weights.
+SEGFORMER_SIZES = {
+    "b0": {"hidden_sizes": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
+    "b1": {"hidden_sizes": [64, 128, 320, 512], "depths": [2, 2, 2, 2], "decoder_hidden_size": 256},
+    "b2": {"hidden_sizes": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "decoder_hidden_size": 768},
+}
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default="b0", metadata={"help": "A SegFormer size (b0, b1, b2: random init), a checkpoint dir or a hub id."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_dir: str | None = field(
+        default=None, metadata={"help": "Kaggle layout: train.csv + train_images/ (or the CSV itself)."}
+    )
+    mask_dir: str | None = field(default=None, metadata={"help": "Folder with images/ and masks/ (class-index PNGs)."})
+    dataset_name: str | None = field(default=None, metadata={"help": "Hub dataset with image and mask columns."})
+    image_column_name: str = field(default="image", metadata={"help": "Hub dataset image column."})
+    mask_column_name: str = field(default="mask", metadata={"help": "Hub dataset mask column."})
+    validation_fraction: float = field(default=0.15, metadata={"help": "Images held out for validation."})
+    crop_size: str = field(default="256x512", metadata={"help": "Training crop HEIGHTxWIDTH (multiples of 32)."})
+    resize_to: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resize every image (and mask) to HEIGHTxWIDTH before cropping, e.g. 128x800 to train at half "
+            "resolution; saved in the processor so inference resizes the same way. Default: native resolution."
+        },
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation images."})
+
+    def __post_init__(self):
+        if sum(bool(x) for x in (self.data_dir, self.mask_dir, self.dataset_name)) != 1:
+            raise ValueError("Give exactly one data source: --data_dir, --mask_dir or --dataset_name.")
+        self.crop  # noqa: B018 - validate early
+
+    @property
+    def crop(self) -> tuple[int, int]:
+        return _size(self.crop_size, "--crop_size")
+
+    @property
+    def resize(self) -> tuple[int, int] | None:
+        return None if self.resize_to is None else _size(self.resize_to, "--resize_to")
+
+
+def _size(text: str, flag: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    if not (height.isdigit() and width.isdigit() and int(height) % 32 == 0 and int(width) % 32 == 0):
+        raise ValueError(f"{flag} must be HEIGHTxWIDTH in multiples of 32, like 256x512; got {text!r}.")
+    return int(height), int(width)
+
+
+@dataclass
+class RecipeArguments:
+    loss: str = field(default="ce_dice", metadata={"help": "'ce' or 'ce_dice' (cross-entropy plus soft Dice)."})
+    dice_weight: float = field(default=1.0, metadata={"help": "Weight of the Dice term in 'ce_dice'."})
+    early_stopping_patience: int | None = field(default=None, metadata={"help": "Evaluations without improvement."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a finished model in --output_dir."})
+
+    def __post_init__(self):
+        if self.loss not in {"ce", "ce_dice"}:
+            raise ValueError(f"--loss must be 'ce' or 'ce_dice', got {self.loss!r}.")
+
+
+SCRIPT_DEFAULTS = {
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "logging_strategy": "epoch",
+    "load_best_model_at_end": True,
+    "metric_for_best_model": "mean_dice",
+    "greater_is_better": True,
+    "save_total_limit": 2,
+    "report_to": "none",
+    "remove_unused_columns": False,
+    "learning_rate": 1e-3,
+    "num_train_epochs": 20,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 4,
+    "ddp_find_unused_parameters": False,
+}
+
+
+def parse_args(argv: list[str] | None = None):
+    from train.image_classification import script_defaults
+
+    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        given = json.loads(Path(argv[0]).read_text())
+        return parser.parse_dict({**script_defaults(given, SCRIPT_DEFAULTS), **given})
+    parser.set_defaults(**script_defaults(flags_given(argv), SCRIPT_DEFAULTS))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_data(data_args: DataArguments, seed: int) -> seg.SegmentationData:
+    if data_args.data_dir:
+        data = seg.load_kaggle(Path(data_args.data_dir))
+    elif data_args.mask_dir:
+        data = seg.load_mask_folders(Path(data_args.mask_dir))
+    else:
+        data = seg.load_hub_segmentation(
+            data_args.dataset_name, image_column=data_args.image_column_name, mask_column=data_args.mask_column_name
+        )
+    if "validation" not in data.splits:
+        data = seg.split_by_image(data, data_args.validation_fraction, seed)
+    for name, limit in (("train", data_args.max_train_samples), ("validation", data_args.max_eval_samples)):
+        if limit is not None:
+            data.splits[name] = data.splits[name].shuffle(seed=seed).select(range(min(limit, len(data.splits[name]))))
+    return data
+
+
+def build_model(name: str, id2label: dict[int, str]):
+    """A segmentation model with ``id2label`` classes and its processor."""
+    label2id = {label: index for index, label in id2label.items()}
+    if name in SEGFORMER_SIZES:
+        config = SegformerConfig(
+            **SEGFORMER_SIZES[name],
+            num_labels=len(id2label),
+            id2label=id2label,
+            label2id=label2id,
+            semantic_loss_ignore_index=IGNORE_INDEX,
+        )
+        # No resize: the pipeline runs at native resolution, padded to a multiple of 32.
+        return SegformerForSemanticSegmentation(config), SegformerImageProcessor(do_resize=False)
+    model = load_pretrained(
+        AutoModelForSemanticSegmentation,
+        name,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id=label2id,
+        ignore_mismatched_sizes=True,
+    )
+    return model, load_pretrained(AutoImageProcessor, name)
+
+
+def joint_transforms(processor, crop: tuple[int, int], resize: tuple[int, int] | None = None):
+    """(train, eval) functions for ``set_transform``: image and mask change together.
+
+    With ``resize``, images are resized bilinearly and masks by nearest neighbour (v2 picks
+    the right filter per tv_tensor type), in training and evaluation alike.
+    """
+    normalise = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+                 v2.Normalize(list(processor.image_mean), list(processor.image_std))]  # fmt: skip
+    if resize is not None:
+        normalise.insert(0, v2.Resize(list(resize), antialias=True))
+    train = v2.Compose([
+        *([v2.Resize(list(resize), antialias=True)] if resize else []),
+        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        *normalise[1 if resize else 0 :],
+    ])  # fmt: skip
+    evaluate = v2.Compose(normalise)
+
+    def pair(example) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+        image = load_image(_source(example))
+        mask = seg.decode_mask(example)
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)
+        return tv_tensors.Image(pixels), tv_tensors.Mask(torch.from_numpy(np.array(mask)))
+
+    def apply(transform):
+        def batch_fn(batch):
+            rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+            pixels, masks = zip(*(transform(*pair(row)) for row in rows))
+            return {"pixel_values": list(pixels), "labels": [m.to(torch.uint8) for m in masks]}
+
+        return batch_fn
+
+    return apply(train), apply(evaluate)
+
+
+def _source(example):
+    cell = example[seg.IMAGE]
+    if isinstance(cell, dict):
+        return cell.get("bytes") or cell["path"]
+    return cell
+
+
+def collate(examples):
+    """Stack images and masks, padding to the largest (and to a multiple of 32) in the batch."""
+    height = max(e["pixel_values"].shape[-2] for e in examples)
+    width = max(e["pixel_values"].shape[-1] for e in examples)
+    height, width = -(-height // 32) * 32, -(-width // 32) * 32
+    pixels = torch.zeros(len(examples), 3, height, width)
+    labels = torch.full((len(examples), height, width), IGNORE_INDEX, dtype=torch.uint8)
+    for i, e in enumerate(examples):
+        h, w = e["pixel_values"].shape[-2:]
+        pixels[i, :, :h, :w] = e["pixel_values"]
+        labels[i, :h, :w] = e["labels"]
+    return {"pixel_values": pixels, "labels": labels}
+
+
+class SegmentationLoss:
+    """Cross-entropy at full resolution, optionally plus soft Dice over the defect classes."""
+
+    def __init__(self, dice_weight: float = 0.0):
+        self.dice_weight = dice_weight
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        logits = F.interpolate(outputs["logits"], size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        labels = labels.long()
+        loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+        if self.dice_weight:
+            loss = loss + self.dice_weight * soft_dice_loss(logits, labels)
+        return loss
+
+
+def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """1 - mean soft Dice of the defect classes (background excluded), ignoring padded pixels."""
+    valid = (labels != IGNORE_INDEX).unsqueeze(1)
+    probabilities = logits.softmax(1) * valid
+    one_hot = F.one_hot(labels.clamp(max=logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2) * valid
+    dims = (0, 2, 3)
+    intersection = (probabilities * one_hot).sum(dims)[1:]
+    total = probabilities.sum(dims)[1:] + one_hot.sum(dims)[1:]
+    return 1 - ((2 * intersection + 1) / (total + 1)).mean()
+
+
+class SegmentationTrainer(Trainer):
+    loss_is_scaled_for_ga = False  # our loss is a per-batch mean
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):  # see image_classification
+        self._load_weights(resume_from_checkpoint)
+
+    def _load_best_model(self):
+        self._load_weights(self.state.best_model_checkpoint)
+
+    def _load_weights(self, checkpoint):
+        model = self.accelerator.unwrap_model(self.model)
+        saved = type(model).from_pretrained(checkpoint, local_files_only=True, trust_remote_code=False)
+        model.load_state_dict(saved.state_dict(), strict=True)
+
+
+def predicted_labels(logits, labels):
+    """Keep only the class map (uint8, full size) of each evaluation batch, not its logits."""
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    return upsampled.argmax(1).to(torch.uint8)
+
+
+def compute_metrics_for(id2label):
+    def compute(prediction):
+        return segmentation_metrics(np.asarray(prediction.predictions), np.asarray(prediction.label_ids), id2label)
+
+    return compute
+
+
+def plot_predictions(split, trainer, id2label, path, count: int = 4) -> None:
+    """Image / truth / prediction for a few validation images, defective ones first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    plain = split.with_format(None)
+    defective = [i for i, d in enumerate(plain[seg.DEFECTS]) if any(d)]
+    chosen = (defective + [i for i in range(len(plain)) if i not in defective])[:count]
+    colours = ListedColormap(
+        ["#00000000", "#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4"][: len(id2label)]
+    )
+    figure, axes = plt.subplots(len(chosen), 3, figsize=(15, 1.4 * len(chosen) + 1), squeeze=False)
+    for row, index in enumerate(chosen):
+        example = split[index]
+        batch = collate([example])
+        with torch.inference_mode():
+            trainer.model.eval()
+            logits = trainer.model(pixel_values=batch["pixel_values"].to(trainer.model.device)).logits
+        predicted = predicted_labels(logits.cpu(), batch["labels"])[0].numpy()
+        image = np.asarray(load_image(_source(plain[index])))
+        truth = seg.decode_mask(plain[index])
+        h, w = truth.shape
+        for column, (title, overlay) in enumerate(
+            (("image", None), ("truth", truth), ("prediction", predicted[:h, :w]))
+        ):
+            axis = axes[row, column]
+            axis.imshow(image)
+            if overlay is not None:
+                axis.imshow(np.ma.masked_equal(overlay, 0), cmap=colours, vmin=0, vmax=len(id2label) - 1, alpha=0.6,
+                            interpolation="nearest")  # fmt: skip
+            axis.set_title(f"{plain[index][seg.IMAGE_ID]}: {title}", fontsize=8)
+            axis.axis("off")
+    legend = ", ".join(f"{name}" for i, name in id2label.items() if i)
+    figure.suptitle(f"Validation examples (colours in class order: {legend})", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    model_args, data_args, recipe, training_args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
+    set_seed(training_args.seed)
+    resume_from = check_output_dir(training_args, recipe)
+    data = load_data(data_args, training_args.seed)
+    if training_args.should_log:
+        for name, split in data.splits.items():
+            defective = sum(any(d) for d in split.with_format(None)[seg.DEFECTS])
+            print(f"{name}: {len(split)} images, {defective} with defects", flush=True)
+        if data.skipped:
+            print(f"skipped {len(data.skipped)} image(s): {data.skipped[:3]}", flush=True)
+    model, processor = build_model(model_args.model_name_or_path, data.id2label)
+    if data_args.resize:
+        # Recorded in the checkpoint's config: pipelines/segmentation.py resizes to it, then back.
+        model.config.inference_resize = list(data_args.resize)
+    train_fn, eval_fn = joint_transforms(processor, data_args.crop, data_args.resize)
+    data.splits["train"].set_transform(train_fn)
+    data.splits["validation"].set_transform(eval_fn)
+
+    trainer = SegmentationTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.splits["train"],
+        eval_dataset=data.splits["validation"],
+        data_collator=collate,
+        compute_metrics=compute_metrics_for(data.id2label),
+        compute_loss_func=SegmentationLoss(recipe.dice_weight if recipe.loss == "ce_dice" else 0.0),
+        preprocess_logits_for_metrics=predicted_labels,
+        processing_class=processor,
+        callbacks=[EarlyStoppingCallback(recipe.early_stopping_patience)] if recipe.early_stopping_patience else None,
+    )
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    trainer.save_model()
+    processor.save_pretrained(training_args.output_dir)
+    trainer.save_metrics("train", result.metrics)
+    trainer.save_state()
+    metrics = trainer.evaluate()
+    if trainer.is_world_process_zero():
+        trainer.save_metrics("eval", metrics)
+        out = Path(training_args.output_dir)
+        plot_predictions(data.splits["validation"], trainer, data.id2label, out / "predictions.png")
+        report.plot_training_curves(trainer.state.log_history, out / "training_curves.png")
+        names = [data.id2label[i] for i in sorted(data.id2label)]
+        report.write_model_card(
+            out / "README.md",
+            title=f"{out.name}: defect segmenter ({len(names) - 1} defect classes)",
+            base_model=model_args.model_name_or_path,
+            dataset=str(data_args.data_dir or data_args.mask_dir or data_args.dataset_name),
+            hyperparameters={
+                **asdict(model_args),
+                **asdict(recipe),
+                "crop_size": data_args.crop_size,
+                **{
+                    k: getattr(training_args, k)
+                    for k in ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size", "seed")
+                },
+            },  # fmt: skip
+            metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+            class_names=names,
+            calibration=None,
+            intended_use="Outline surface defects on steel-strip images and name their type.",
+            limitations=[
+                "Trained on the data named above; real strips with other lighting or defect looks need retraining.",
+                "Dice is averaged over (image, class) pairs, where empty pairs count as perfect.",
+            ],
+            command=" ".join(["python -m train.semantic_segmentation", *(sys.argv[1:] if argv is None else argv)]),
+        )
+    return metrics
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except DataError as error:
+        sys.exit(f"error: {error}")
