@@ -148,9 +148,10 @@ class ImageClassifier:
         """Architecture, size, preprocessing, metrics and trust settings of the loaded model."""
         config = self.model.config
         geometry = input_geometry(self.processor)
+        architecture = getattr(config, "architecture", None) or (config.architectures or [type(self.model).__name__])[0]
         return ModelInfo(
             source=self.source,
-            architecture=getattr(config, "architecture", None) or (config.architectures or [type(self.model).__name__])[0],
+            architecture=architecture,
             model_type=config.model_type,
             parameters=sum(p.numel() for p in self.model.parameters()),
             num_labels=config.num_labels,

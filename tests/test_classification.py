@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from common.checkpoints import ModelLoadError, resolve_checkpoint
-from pipelines.classification import ImageClassifier, main
 from common.image_io import ImageLoadError
+from pipelines.classification import ImageClassifier, main
 from tests.conftest import TINY_LABELS
 
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from common import default_model
-from pipelines.classification import ImageClassifier
 from common.default_model import DefaultModelError, default_checkpoint_dir, source_weights_path
+from pipelines.classification import ImageClassifier
 from pipelines.examples import example_photos
 
 
