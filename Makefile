@@ -30,6 +30,7 @@ test: lint
 
 bench: venv
 	$(PY) -m bench.classification
+	$(PY) -m bench.segmentation
 
 # Fine-tunes the default model: digits (fp32, then bf16) and parts; see bench/train_classification.py.
 bench-train: venv

@@ -87,7 +87,9 @@ class ImageClassifier:
         """
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        model = load_pretrained(AutoModelForImageClassification, name_or_path)
+        # float32 whatever the file holds: checkpoints may ship in fp16 to stay small, and
+        # most CPU kernels are fastest (or only exist) in float32.
+        model = load_pretrained(AutoModelForImageClassification, name_or_path, dtype=torch.float32)
         processor = load_pretrained(AutoImageProcessor, name_or_path)
         location = model.config._name_or_path
         checkpoint_dir = location if location and Path(location).is_dir() else None

@@ -266,7 +266,9 @@ class DefectSegmenter:
         """
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-        model = load_pretrained(AutoModelForSemanticSegmentation, name_or_path)
+        # float32 whatever the file holds: checkpoints may ship in fp16 to stay small, and
+        # most CPU kernels are fastest (or only exist) in float32.
+        model = load_pretrained(AutoModelForSemanticSegmentation, name_or_path, dtype=torch.float32)
         processor = load_pretrained(AutoImageProcessor, name_or_path)
         classifier = ImageClassifier.from_pretrained(stage1) if stage1 is not None else None
         return cls(
