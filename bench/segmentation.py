@@ -20,14 +20,14 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from bench.common import latency_stats, machine_info, time_round_robin  # noqa: E402
-from common.image_io import load_image  # noqa: E402
-from pipelines.segmentation import DefectSegmenter  # noqa: E402
-from train import segmentation_data as seg  # noqa: E402
-from train.segmentation_metrics import segmentation_metrics  # noqa: E402
-from train.synthetic_steel import write_steel  # noqa: E402
+from bench.common import latency_stats, machine_info, time_round_robin
+from common.image_io import load_image
+from pipelines.segmentation import DefectSegmenter
+from train import segmentation_data as seg
+from train.segmentation_metrics import segmentation_metrics
+from train.synthetic_steel import write_steel
 
 RESULTS = Path("bench/results")
 
