@@ -79,8 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "segmentation",
         "model": args.model,
         "stage1": args.stage1,
-        "held_out": {"n": args.n, "seed": args.seed, "image_size": list(strip.size[::-1]),
-                     "defective_images": sum(any(d) for d in data.splits["train"][seg.DEFECTS])},  # fmt: skip
+        "held_out": {
+            "n": args.n,
+            "seed": args.seed,
+            "image_size": list(strip.size[::-1]),
+            "defective_images": sum(any(d) for d in data.splits["train"][seg.DEFECTS]),
+        },  # fmt: skip
         "latency_ms": latency,
         "two_stage_over_segmenter_latency": round(
             latency["two_stage"]["median_ms"] / latency["segmenter_only"]["median_ms"], 3
