@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.sha256
 ARGS ?=
 
-.PHONY: venv run test lint bench bench-train clean-venv
+.PHONY: venv run test lint bench bench-explain bench-train clean-venv
 
 # (Re)install only when requirements.txt changed since the last successful install.
 venv:
@@ -31,6 +31,9 @@ test: lint
 bench: venv
 	$(PY) -m bench.classification
 	$(PY) -m bench.segmentation
+
+bench-explain: venv
+	$(PY) -m bench.explanation $(ARGS)
 
 # Fine-tunes the default model: digits (fp32, then bf16) and parts; see bench/train_classification.py.
 bench-train: venv

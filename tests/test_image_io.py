@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from common import image_io
 from common.image_io import MAX_FILE_BYTES, MAX_PIXELS, ImageLoadError, load_image
-from pipelines import image_io
 
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
