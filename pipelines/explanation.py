@@ -442,7 +442,7 @@ def _frozen_view(model: torch.nn.Module) -> torch.nn.Module:
 # Idle views per model, for reuse: a view is borrowed by one explanation at a time, so its
 # hooks stay private. Weakly keyed, so a model that is dropped takes its views with it (a view
 # holds the model's tensors, never the model itself).
-_IDLE_VIEWS: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[torch.nn.Module, tuple]]] = (
+_IDLE_VIEWS: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[torch.nn.Module, tuple, int]]] = (
     weakref.WeakKeyDictionary()
 )
 _IDLE_VIEWS_LOCK = threading.Lock()
@@ -455,9 +455,11 @@ def _storage_key(model: torch.nn.Module) -> tuple:
     return tuple((t.data_ptr(), t.dtype, t.device) for t in (*model.parameters(), *model.buffers()))
 
 
-def _has_hooks(module: torch.nn.Module) -> bool:
+def _hook_count(module: torch.nn.Module) -> int:
+    """Module hooks in the tree. Not 0 on a clean model: transformers adds output-capturing hooks
+    to some models on their first forward pass, and a view copies them."""
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return any(getattr(m, kind) for m in module.modules() for kind in kinds)
+    return sum(len(getattr(m, kind)) for m in module.modules() for kind in kinds)
 
 
 @contextmanager
@@ -467,20 +469,21 @@ def _borrowed_view(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     view = None
     with _IDLE_VIEWS_LOCK:
         idle = _IDLE_VIEWS.setdefault(model, [])
-        idle[:] = [(v, k) for v, k in idle if k == key]  # views of replaced weights are stale
+        idle[:] = [entry for entry in idle if entry[1] == key]  # views of replaced weights are stale
         if idle:
-            view = idle.pop()[0]
+            view, _, hooks = idle.pop()
     if view is None:
         view = _frozen_view(model)
+        hooks = _hook_count(view)
     try:
         yield view
     finally:
-        # A view that still carries a hook (an error between registering and removing one) is dropped.
-        if not _has_hooks(view):
+        # A view left with a hook of ours (an error between registering and removing it) is dropped.
+        if _hook_count(view) == hooks:
             with _IDLE_VIEWS_LOCK:
                 idle = _IDLE_VIEWS.setdefault(model, [])
                 if len(idle) < _MAX_IDLE_VIEWS:
-                    idle.append((view, key))
+                    idle.append((view, key, hooks))
 
 
 def _start_graph_at_layer(module: torch.nn.Module, args, output):

@@ -1,4 +1,4 @@
-"""Grad-CAM explanations: every model family, every method, the crop geometry, the real model."""
+"""Grad-CAM explanations: every model family, every method, the crop geometry, the real model, defect segmentation."""
 
 from __future__ import annotations
 
@@ -13,18 +13,21 @@ import pytest
 import torch
 from PIL import Image
 
+from pipelines import explanation as explanation_module
 from pipelines.classification import ImageClassifier
 from pipelines.explanation import (
     METHODS,
     ExplanationError,
     candidate_layers,
     deletion_test,
+    explain_defect,
     explain_prediction,
     faithfulness_sentence,
     find_target_layer,
     input_placement,
     map_to_original,
 )
+from pipelines.segmentation import DefectSegmenter
 from tests.conftest import TINY_LABELS
 
 LABEL_KWARGS = {"id2label": TINY_LABELS, "label2id": {v: k for k, v in TINY_LABELS.items()}}
@@ -497,3 +500,196 @@ def test_real_photos_get_faithful_heatmaps(default_classifier):
     cat = explain_prediction(default_classifier, _skimage_photo("chelsea.png"), method="layercam")
     assert cat.heatmap.shape == (300, 451) and cat.layer_name == "timm_model.bn2"
     assert (cat.heatmap[:, :90] == 0).all() and (cat.heatmap[:, 360:] == 0).all()  # outside the crop
+
+
+# ---------------------------------------------------------------------------------------------
+# Reusing model views
+
+
+def test_views_are_reused_until_the_weights_are_replaced(tiny_resnet_dir, wide_photo, monkeypatch):
+    classifier = ImageClassifier.from_pretrained(tiny_resnet_dir)  # its own model, so its own views
+    copies = []
+    copy_view = explanation_module._frozen_view
+    monkeypatch.setattr(explanation_module, "_frozen_view", lambda model: copies.append(model) or copy_view(model))
+    first = explain_prediction(classifier, wide_photo, target=0, faithfulness=False).heatmap
+    np.testing.assert_array_equal(
+        explain_prediction(classifier, wide_photo, target=0, faithfulness=False).heatmap, first
+    )
+    assert len(copies) == 1
+
+    classifier.model.to(torch.float64).to(torch.float32)  # same values in new tensors: the old view is stale
+    np.testing.assert_allclose(explain_prediction(classifier, wide_photo, target=0, faithfulness=False).heatmap, first)
+    assert len(copies) == 2
+
+    with torch.no_grad():  # an in-place update is seen through the view that shares the storage
+        classifier.model.classifier[-1].weight[0].neg_()
+    flipped = explain_prediction(classifier, wide_photo, target=0, faithfulness=False).heatmap
+    assert len(copies) == 2
+    assert not np.allclose(flipped, first, atol=0.05)
+
+
+# ---------------------------------------------------------------------------------------------
+# Defect segmentation
+
+DEFECTS = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
+DEFECT_PHOTO = (72, 100)  # (height, width); not multiples of 32, so the segmenter pads to 96 x 128
+DEFECT_BOX = (slice(20, 50), slice(50, 85))  # where the bright patch is
+
+
+@pytest.fixture(scope="module")
+def defect_photo():
+    """A dark noisy plate with one bright patch."""
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(60, 8, (*DEFECT_PHOTO, 3))
+    pixels[DEFECT_BOX] = rng.normal(210, 8, (30, 35, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def defect_dir(tmp_path_factory, defect_photo):
+    """A tiny random SegFormer whose class 2 ('crazing') wins on the bright patch.
+
+    The decode head's classifier is set by hand: background scores 0 everywhere, classes 1, 3
+    and 4 have a bias of -10 (never predicted), and class 2 scores the projection of the
+    fused features onto (mean on the patch - mean off it), with a bias halfway between the two
+    means, so it wins in a region around the patch and nowhere else.
+    """
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    config = SegformerConfig(
+        num_channels=3,
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=[8, 8, 16, 16],
+        num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=16,
+        num_labels=5,
+        id2label=DEFECTS,
+        label2id={name: i for i, name in DEFECTS.items()},
+    )
+    model, processor = SegformerForSemanticSegmentation(config).eval(), SegformerImageProcessor()
+    pixel_values, _ = DefectSegmenter(model, processor, "unsaved").preprocess(defect_photo)
+    fused = {}
+    hook = model.decode_head.activation.register_forward_hook(lambda module, args, out: fused.update(out=out))
+    with torch.no_grad():
+        model(pixel_values=pixel_values)
+    hook.remove()
+    features = fused["out"][0]  # (16, 24, 32): stride 4 over the 96 x 128 padded input
+    on_patch = torch.zeros(features.shape[1:], dtype=torch.bool)
+    on_patch[20 // 4 : 50 // 4, 50 // 4 : 85 // 4] = True
+    direction = features[:, on_patch].mean(dim=1) - features[:, ~on_patch].mean(dim=1)
+    score = torch.einsum("c,chw->hw", direction, features)
+    middle = (score[on_patch].mean() + score[~on_patch].mean()) / 2
+    with torch.no_grad():
+        classifier = model.decode_head.classifier
+        classifier.weight.zero_()
+        classifier.bias.copy_(torch.tensor([0.0, -10.0, 0.0, -10.0, -10.0]))
+        classifier.weight[2, :, 0, 0] = 10 * direction / (score[on_patch].mean() - middle)
+        classifier.bias[2] = -10 * middle / (score[on_patch].mean() - middle)
+    directory = tmp_path_factory.mktemp("tiny-defect-segformer")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def segmenter(defect_dir):
+    return DefectSegmenter.from_pretrained(defect_dir)
+
+
+def test_the_fixture_predicts_crazing_on_the_patch_only(segmenter, defect_photo):
+    label_map = segmenter.segment(defect_photo).label_map
+    assert (label_map[DEFECT_BOX] == 2).mean() > 0.7
+    outside = np.ones(DEFECT_PHOTO, dtype=bool)
+    outside[DEFECT_BOX] = False
+    assert (label_map[outside] == 2).mean() < 0.15
+    assert set(np.unique(label_map)) == {0, 2}
+
+
+def test_defect_heatmap_has_the_image_size_and_sits_on_the_region(segmenter, defect_photo):
+    explanation = explain_defect(segmenter, defect_photo, class_id=2)
+    heatmap = explanation.heatmap
+    assert heatmap.shape == DEFECT_PHOTO and heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
+    assert (explanation.target_index, explanation.target_label) == (2, "crazing")
+    assert explanation.layer_name == "decode_head.linear_fuse" and explanation.method == "gradcam"
+    assert 0.5 < explanation.target_score <= 1.0  # mean probability over the region it wins
+    region = segmenter.segment(defect_photo).label_map == 2
+    assert heatmap[region].mean() > 3 * heatmap[~region].mean()
+    assert region[np.unravel_index(heatmap.argmax(), heatmap.shape)]
+    assert explanation.overlay.size == defect_photo.size and explanation.panels.height == DEFECT_PHOTO[0]
+    by_label = explain_defect(segmenter, defect_photo, class_id="crazing", faithfulness=False)
+    np.testing.assert_allclose(by_label.heatmap, heatmap, atol=1e-6)
+
+
+def test_absent_class_is_refused_with_the_classes_found(segmenter, defect_photo):
+    message = r"class_id=3 \('scratches'\) was not found in this image.*classes found: 'crazing' \(class 2, \d+\.\d%"
+    with pytest.raises(ExplanationError, match=message):
+        explain_defect(segmenter, defect_photo, class_id="scratches")
+
+
+@pytest.mark.parametrize(
+    ("class_id", "message"),
+    [
+        (0, "class_id=0 is the background, not a defect; pick one of 1 'pitting', 2 'crazing'"),
+        (5, "class_id=5 is out of range"),
+        ("crazin", "Did you mean 'crazing'"),
+        (2.0, "must be a class index or a label, not float"),
+    ],
+)
+def test_bad_defect_classes_are_named_with_the_valid_ones(segmenter, defect_photo, class_id, message):
+    with pytest.raises(ExplanationError, match=message):
+        explain_defect(segmenter, defect_photo, class_id=class_id)
+
+
+def test_tiled_and_resized_segmenters_explain_the_whole_image(defect_dir, segmenter, defect_photo):
+    expected = explain_defect(segmenter, defect_photo, class_id=2, faithfulness=False).heatmap
+    tiled = DefectSegmenter.from_pretrained(defect_dir, tile_width=64, tile_overlap=32)
+    np.testing.assert_allclose(explain_defect(tiled, defect_photo, class_id=2, faithfulness=False).heatmap, expected)
+    resized = DefectSegmenter.from_pretrained(defect_dir, resize_to=(64, 96))
+    heatmap = explain_defect(resized, defect_photo, class_id=2, faithfulness=False).heatmap
+    assert heatmap.shape == DEFECT_PHOTO
+    assert heatmap[DEFECT_BOX].mean() > 2 * heatmap.mean()
+
+
+@pytest.mark.parametrize(
+    ("method", "layer"), [("hirescam", None), ("eigencam", None), ("gradcam", "segformer.stages.3")]
+)
+def test_other_methods_and_layers_give_heatmaps_at_the_image_size(segmenter, defect_photo, method, layer):
+    explanation = explain_defect(segmenter, defect_photo, class_id=2, method=method, layer=layer, faithfulness=False)
+    assert explanation.heatmap.shape == DEFECT_PHOTO
+    assert 0.0 <= explanation.heatmap.min() and explanation.heatmap.max() == pytest.approx(1.0)
+    assert explanation.layer_name == (layer or "decode_head.linear_fuse")
+
+
+def test_defect_deletion_test_is_one_forward_of_two_images(segmenter, defect_photo, monkeypatch):
+    batches = []
+    forward = segmenter.forward
+    monkeypatch.setattr(
+        segmenter, "forward", lambda pixel_values: batches.append(len(pixel_values)) or forward(pixel_values)
+    )
+    explanation = explain_defect(segmenter, defect_photo, class_id=2)
+    assert batches == [1, 2]  # the prediction that picks the region, then the two blurred copies
+    faithfulness = explanation.faithfulness
+    assert faithfulness.score == pytest.approx(faithfulness.drop_most_relevant - faithfulness.drop_least_relevant)
+    assert "the confidence in 'crazing'" in faithfulness.sentence
+
+
+def test_defect_explanations_leave_no_trace(segmenter, defect_photo):
+    model = segmenter.model
+    weights = [p.detach().clone() for p in model.parameters()]
+    label_map = segmenter.segment(defect_photo).label_map
+    # transformers puts output-capturing hooks on SegFormer's stages at its first forward pass.
+    hooks_of_transformers = _hooks(model)
+    for method in ("gradcam", "gradcam++", "scorecam", "layercam"):
+        explain_defect(segmenter, defect_photo, class_id=2, method=method)
+    with pytest.raises(ExplanationError):
+        explain_defect(segmenter, defect_photo, class_id=4)
+    assert _hooks(model) == hooks_of_transformers
+    assert len(explanation_module._IDLE_VIEWS[model]) == 1  # one view, reused by every call above
+    assert all(p.grad is None for p in model.parameters())
+    assert not model.training
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))
+    np.testing.assert_array_equal(segmenter.segment(defect_photo).label_map, label_map)
