@@ -60,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=10, help="latency rounds per variant")
     parser.add_argument("--out", default=str(RESULTS / "segmentation.json"))
     args = parser.parse_args(argv)
-    for flag, path in (("--model", args.model), ("--stage1", args.stage1)):
-        if not Path(path).is_dir():
-            parser.exit(2, f"error: {flag} {path} is not a checkpoint directory; train one (see README) first\n")
+    missing = [f"{flag} {path}" for flag, path in (("--model", args.model), ("--stage1", args.stage1))
+               if not Path(path).is_dir()]  # fmt: skip
+    if missing:
+        # `make bench` runs this after the classification benchmark; without trained models
+        # there is nothing to measure, which is a fact to report, not a failure.
+        report = {"benchmark": "segmentation", "skipped": f"no checkpoint at {', '.join(missing)}; train one (README)"}
+        print(json.dumps(report, indent=2))
+        return 0
 
     alone = DefectSegmenter.from_pretrained(args.model, tile_width=512)
     two_stage = DefectSegmenter.from_pretrained(args.model, stage1=args.stage1, tile_width=512)

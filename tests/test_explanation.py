@@ -614,7 +614,7 @@ def test_defect_heatmap_has_the_image_size_and_sits_on_the_region(segmenter, def
     assert heatmap.shape == DEFECT_PHOTO and heatmap.dtype == np.float32
     assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
     assert (explanation.target_index, explanation.target_label) == (2, "crazing")
-    assert explanation.layer_name == "decode_head.linear_fuse" and explanation.method == "gradcam"
+    assert explanation.layer_name == "decode_head.activation" and explanation.method == "gradcam"
     assert 0.5 < explanation.target_score <= 1.0  # mean probability over the region it wins
     region = segmenter.segment(defect_photo).label_map == 2
     assert heatmap[region].mean() > 3 * heatmap[~region].mean()
@@ -655,13 +655,14 @@ def test_tiled_and_resized_segmenters_explain_the_whole_image(defect_dir, segmen
 
 
 @pytest.mark.parametrize(
-    ("method", "layer"), [("hirescam", None), ("eigencam", None), ("gradcam", "segformer.stages.3")]
+    ("method", "layer"),
+    [("hirescam", None), ("eigencam", None), ("gradcam", "decode_head.linear_fuse"), ("gradcam", "segformer.stages.3")],
 )
 def test_other_methods_and_layers_give_heatmaps_at_the_image_size(segmenter, defect_photo, method, layer):
     explanation = explain_defect(segmenter, defect_photo, class_id=2, method=method, layer=layer, faithfulness=False)
     assert explanation.heatmap.shape == DEFECT_PHOTO
     assert 0.0 <= explanation.heatmap.min() and explanation.heatmap.max() == pytest.approx(1.0)
-    assert explanation.layer_name == (layer or "decode_head.linear_fuse")
+    assert explanation.layer_name == (layer or "decode_head.activation")
 
 
 def test_defect_deletion_test_is_one_forward_of_two_images(segmenter, defect_photo, monkeypatch):
