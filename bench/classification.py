@@ -23,7 +23,6 @@ not raised: this is a measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from bench.common import (
     machine_info,
     own_peak_rss_mb,
     process_peak_rss_mb,
+    publish_report,
     stop_process,
     time_round_robin,
     wait_for_http,
@@ -302,12 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     report = run_benchmark(args.repeats, args.warmup, args.app_repeats, with_app=not args.no_app, port=args.port)
-    text = json.dumps(report, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
-    print(summary_text(report), file=sys.stderr)
-    print(f"written to {args.out}", file=sys.stderr)
+    publish_report(report, args.out, summary_text(report))
     return 0
 
 

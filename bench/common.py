@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
@@ -212,3 +213,13 @@ def machine_info() -> dict:
         "versions": {name: _version(name) for name in ("torch", "transformers", "timm", "gradio", "gradio_client")},
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+
+
+def publish_report(report: dict, out: Path, summary: str) -> None:
+    """Write ``report`` as JSON to ``out``, print it on stdout and ``summary`` on stderr."""
+    text = json.dumps(report, indent=2)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(text)
+    print(summary, file=sys.stderr)
+    print(f"written to {out}", file=sys.stderr)

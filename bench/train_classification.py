@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from bench.common import log_tail, machine_info
+from bench.common import log_tail, machine_info, publish_report
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -599,12 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         image_size=args.image_size,
         timeout_s=args.timeout_min * 60,
     )
-    text = json.dumps(report, indent=2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    print(text)
-    print(summary_text(report), file=sys.stderr)
-    print(f"written to {args.out}", file=sys.stderr)
+    publish_report(report, args.out, summary_text(report))
     return 0
 
 
