@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM, XGradCAM
+from pytorch_grad_cam.activations_and_gradients import ActivationsAndGradients
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, SemanticSegmentationTarget
 
 from common.image_io import load_image
@@ -79,7 +80,11 @@ class Faithfulness:
 
 @dataclass(frozen=True)
 class Explanation:
-    """A class activation map and the images to show it."""
+    """A class activation map and the images to show it.
+
+    ``cam_grid`` is the ``(rows, columns)`` of the layer's activation map: the heatmap's real
+    resolution before it is upsampled to the image (7 x 7 for the default model at 224 pixels).
+    """
 
     heatmap: np.ndarray
     overlay: Image.Image
@@ -90,6 +95,7 @@ class Explanation:
     method: str
     layer_name: str
     faithfulness: Faithfulness | None
+    cam_grid: tuple[int, int] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +457,7 @@ def _frozen_view(model: torch.nn.Module) -> torch.nn.Module:
 # Idle views per model, for reuse: a view is borrowed by one explanation at a time, so its
 # hooks stay private. Weakly keyed, so a model that is dropped takes its views with it (a view
 # holds the model's tensors, never the model itself).
-_IDLE_VIEWS: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[torch.nn.Module, tuple, int]]] = (
+_IDLE_VIEWS: weakref.WeakKeyDictionary[torch.nn.Module, list[tuple[torch.nn.Module, tuple]]] = (
     weakref.WeakKeyDictionary()
 )
 _IDLE_VIEWS_LOCK = threading.Lock()
@@ -464,11 +470,19 @@ def _storage_key(model: torch.nn.Module) -> tuple:
     return tuple((t.data_ptr(), t.dtype, t.device) for t in (*model.parameters(), *model.buffers()))
 
 
-def _hook_count(module: torch.nn.Module) -> int:
-    """Module hooks in the tree. Not 0 on a clean model: transformers adds output-capturing hooks
-    to some models on their first forward pass, and a view copies them."""
+def _carries_cam_hooks(module: torch.nn.Module) -> bool:
+    """Whether a hook of ours or of pytorch-grad-cam is still registered anywhere in the tree.
+
+    Only those count: transformers adds output-capturing hooks of its own to some models on
+    their first forward pass, and those belong there.
+    """
     kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    return sum(len(getattr(m, kind)) for m in module.modules() for kind in kinds)
+    return any(
+        hook is _start_graph_at_layer or isinstance(getattr(hook, "__self__", None), ActivationsAndGradients)
+        for m in module.modules()
+        for kind in kinds
+        for hook in getattr(m, kind).values()
+    )
 
 
 @contextmanager
@@ -480,19 +494,18 @@ def _borrowed_view(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         idle = _IDLE_VIEWS.setdefault(model, [])
         idle[:] = [entry for entry in idle if entry[1] == key]  # views of replaced weights are stale
         if idle:
-            view, _, hooks = idle.pop()
+            view = idle.pop()[0]
     if view is None:
         view = _frozen_view(model)
-        hooks = _hook_count(view)
     try:
         yield view
     finally:
-        # A view left with a hook of ours (an error between registering and removing it) is dropped.
-        if _hook_count(view) == hooks:
+        # A view left with a CAM hook (an error between registering and removing one) is dropped.
+        if not _carries_cam_hooks(view):
             with _IDLE_VIEWS_LOCK:
                 idle = _IDLE_VIEWS.setdefault(model, [])
                 if len(idle) < _MAX_IDLE_VIEWS:
-                    idle.append((view, key, hooks))
+                    idle.append((view, key))
 
 
 def _start_graph_at_layer(module: torch.nn.Module, args, output):
@@ -517,8 +530,9 @@ def _run_cam(
     rule: _LayerRule,
     pixel_values: torch.Tensor,
     targets: list | None,
-) -> tuple[np.ndarray, torch.Tensor]:
-    """The CAM of one image at model-input resolution in [0, 1], and the model output of that pass.
+) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
+    """The CAM of one image at model-input resolution in [0, 1], the model output of that pass
+    and the ``(rows, columns)`` of the layer's activation map.
 
     ``model`` may be any module whose output has ``.logits``; the CAM runs on a frozen view of
     it (see ``_frozen_view``) with private hooks that are gone when this returns.
@@ -538,9 +552,10 @@ def _run_cam(
                         # BaseCAM.__exit__ prints and swallows IndexError; re-raise as a type it lets through.
                         raise RuntimeError(f"Grad-CAM failed on layer '{layer_name}': {error}") from error
                 outputs = cam.outputs.detach()
+                grid = tuple(int(n) for n in cam.activations_and_grads.activations[0].shape[-2:])
         finally:
             graph_root.remove()
-    return np.asarray(grayscale[0], dtype=np.float32), outputs
+    return np.asarray(grayscale[0], dtype=np.float32), outputs, grid
 
 
 def _compute_cam(
@@ -550,8 +565,8 @@ def _compute_cam(
     rule: _LayerRule,
     pixel_values: torch.Tensor,
     target_index: int | None,
-) -> tuple[np.ndarray, torch.Tensor]:
-    """The CAM at model-input resolution in [0, 1], and the logits of that same forward pass."""
+) -> tuple[np.ndarray, torch.Tensor, tuple[int, int]]:
+    """The CAM at model-input resolution in [0, 1], the logits of that same forward pass, the CAM's grid."""
     targets = None if target_index is None else [ClassifierOutputTarget(target_index)]
     return _run_cam(classifier.model, cam_class, layer_name, rule, pixel_values, targets)
 
@@ -809,7 +824,7 @@ def explain_prediction(
     rgb = load_image(image)
 
     pixel_values = classifier.preprocess([rgb])
-    cam, logits = _compute_cam(classifier, cam_class, layer_name, rule, pixel_values, target_index)
+    cam, logits, grid = _compute_cam(classifier, cam_class, layer_name, rule, pixel_values, target_index)
     if target_index is None:
         target_index = int(logits[0].argmax())  # what BaseCAM explained when given no target
     baseline = _target_probabilities(classifier, logits, target_index)[0]
@@ -830,6 +845,7 @@ def explain_prediction(
         faithfulness=deletion_test(classifier, pixel_values, cam, target_index, baseline, fraction)
         if faithfulness
         else None,
+        cam_grid=grid,
     )
 
 
@@ -1012,9 +1028,9 @@ def explain_defect(
     layer_name, rule = _resolve_layer(segmenter.model, layer)
     rgb = load_image(image)
 
-    pixel_values, grid = _whole_image(segmenter, rgb)
+    pixel_values, layout = _whole_image(segmenter, rgb)
     logits = segmenter.forward(pixel_values)
-    labels, inside = _predicted_classes(logits, grid)
+    labels, inside = _predicted_classes(logits, layout)
     pixels = (labels == class_id) & inside
     if not pixels.any():
         raise ExplanationError(
@@ -1023,10 +1039,10 @@ def explain_defect(
         )
     region = _region_at_logits_size(pixels, tuple(logits.shape[-2:]))
     targets = [SemanticSegmentationTarget(class_id, region.numpy().astype(np.float32))]
-    cam, _ = _run_cam(segmenter.model, cam_class, layer_name, rule, pixel_values, targets)
+    cam, _, cam_grid = _run_cam(segmenter.model, cam_class, layer_name, rule, pixel_values, targets)
     baseline = _region_probabilities(logits, class_id, region)[0]
 
-    heatmap = _cam_on_image(cam, grid)
+    heatmap = _cam_on_image(cam, layout)
     overlay, panels = _pictures(rgb, heatmap, cmap, alpha)
     return Explanation(
         heatmap=heatmap,
@@ -1037,7 +1053,8 @@ def explain_defect(
         target_score=baseline,
         method=method,
         layer_name=layer_name,
-        faithfulness=defect_deletion_test(segmenter, pixel_values, cam, grid, class_id, region, baseline, fraction)
+        faithfulness=defect_deletion_test(segmenter, pixel_values, cam, layout, class_id, region, baseline, fraction)
         if faithfulness
         else None,
+        cam_grid=cam_grid,
     )

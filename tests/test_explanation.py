@@ -495,6 +495,7 @@ def test_heatmap_sits_on_the_cat(default_classifier):
 def test_real_photos_get_faithful_heatmaps(default_classifier):
     coffee = explain_prediction(default_classifier, _skimage_photo("coffee.png"))
     assert coffee.target_label == "espresso"
+    assert coffee.cam_grid == (7, 7)  # stride 32 at 224 pixels
     assert coffee.faithfulness.drop_most_relevant > 0.5 > 0.1 > coffee.faithfulness.drop_least_relevant
     assert "points at what the model really uses" in coffee.faithfulness.sentence
     cat = explain_prediction(default_classifier, _skimage_photo("chelsea.png"), method="layercam")
@@ -615,6 +616,7 @@ def test_defect_heatmap_has_the_image_size_and_sits_on_the_region(segmenter, def
     assert heatmap.min() >= 0.0 and heatmap.max() == pytest.approx(1.0)
     assert (explanation.target_index, explanation.target_label) == (2, "crazing")
     assert explanation.layer_name == "decode_head.activation" and explanation.method == "gradcam"
+    assert explanation.cam_grid == (24, 32)  # stride 4 over the padded 96 x 128 input
     assert 0.5 < explanation.target_score <= 1.0  # mean probability over the region it wins
     region = segmenter.segment(defect_photo).label_map == 2
     assert heatmap[region].mean() > 3 * heatmap[~region].mean()
@@ -689,7 +691,9 @@ def test_defect_explanations_leave_no_trace(segmenter, defect_photo):
     with pytest.raises(ExplanationError):
         explain_defect(segmenter, defect_photo, class_id=4)
     assert _hooks(model) == hooks_of_transformers
-    assert len(explanation_module._IDLE_VIEWS[model]) == 1  # one view, reused by every call above
+    (view, _), *others = explanation_module._IDLE_VIEWS[model]
+    assert others == []  # one view, reused by every call above,
+    assert _hooks(view) == hooks_of_transformers  # though it carries transformers' hooks
     assert all(p.grad is None for p in model.parameters())
     assert not model.training
     assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights))

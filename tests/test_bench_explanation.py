@@ -1,0 +1,258 @@
+"""The explanation benchmark: its metrics on constructed maps, its localisation path on tiny random models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench import explanation as bench
+from bench.explanation import (
+    class_index,
+    energy_share,
+    localisation_summary,
+    measure_localisation,
+    pointing_hit,
+    resolution_ceiling,
+    select_test_images,
+    view_mask,
+)
+from train.synthetic_parts import PART_KINDS, write_parts
+
+PART_LABELS = dict(enumerate(PART_KINDS))
+
+
+def _square_mask(size=10, box=(2, 6)) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[box[0] : box[1], box[0] : box[1]] = True
+    return mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics on constructed heatmaps
+
+
+def test_energy_share_is_the_part_of_the_heatmap_on_the_mask():
+    mask = _square_mask()  # 16 of 100 pixels
+    heatmap = np.zeros((10, 10), dtype=np.float32)
+    heatmap[3:5, 3:5] = 1.0
+    assert energy_share(heatmap, mask) == 1.0
+    heatmap[0, 0] = 4.0  # as much energy off the object as on it
+    assert energy_share(heatmap, mask) == pytest.approx(0.5)
+    assert energy_share(np.where(mask, 0.0, 1.0), mask) == 0.0
+
+
+def test_uniform_and_all_zero_heatmaps_score_the_chance_level():
+    mask = _square_mask()
+    assert energy_share(np.full((10, 10), 0.3), mask) == pytest.approx(0.16)
+    assert energy_share(np.zeros((10, 10)), mask) == pytest.approx(0.16)
+
+
+def test_energy_share_refuses_mismatched_or_negative_maps():
+    with pytest.raises(ValueError, match=r"same \(height, width\)"):
+        energy_share(np.ones((10, 12)), _square_mask())
+    with pytest.raises(ValueError, match="negative"):
+        energy_share(np.full((10, 10), -1.0), _square_mask())
+
+
+def test_pointing_game_asks_whether_the_peak_is_on_the_object():
+    mask = _square_mask()
+    heatmap = np.full((10, 10), 0.2)
+    heatmap[4, 4] = 1.0
+    assert pointing_hit(heatmap, mask)
+    heatmap[9, 9] = 1.5
+    assert not pointing_hit(heatmap, mask)
+    heatmap[5, 5] = 1.5  # a tie between a pixel on the object and one off it
+    assert pointing_hit(heatmap, mask)
+    assert not pointing_hit(np.zeros((10, 10)), mask)  # a flat map points nowhere
+
+
+def _record(cls, energy, area, hit, correct=True, flat=False):
+    return {
+        "class": cls,
+        "energy_share": energy,
+        "mask_area_share": area,
+        "mask_share_of_view": area * 1.2,
+        "resolution_ceiling": 0.8,
+        "pointing_hit": hit,
+        "correct": correct,
+        "flat": flat,
+    }
+
+
+def test_summary_gives_mean_median_hit_rate_and_accuracy():
+    records = [
+        _record("gear", 0.9, 0.2, True),
+        _record("gear", 0.6, 0.2, True, correct=False),
+        _record("gear", 0.0, 0.1, False, flat=True),
+        _record("gear", 0.5, 0.1, False),
+    ]
+    summary = localisation_summary(records)
+    assert summary["n"] == 4
+    assert summary["energy_share"] == {"mean": 0.5, "median": 0.55}
+    assert summary["mask_area_share"] == {"mean": 0.15, "median": 0.15}
+    assert summary["resolution_ceiling"] == {"mean": 0.8, "median": 0.8}
+    assert summary["energy_over_area"] == pytest.approx((4.5 + 3.0 + 0.0 + 5.0) / 4, abs=1e-3)
+    assert summary["pointing_game_hit_rate"] == 0.5
+    assert summary["accuracy"] == 0.75
+    assert summary["flat_heatmaps"] == 1
+    with pytest.raises(ValueError, match="at least one"):
+        localisation_summary([])
+
+
+def test_resolution_ceiling_is_what_a_perfect_map_at_the_grid_scores():
+    mask = _square_mask(size=16, box=(4, 8))  # 16 of 256 pixels
+    everywhere = np.ones((16, 16), dtype=bool)
+    assert resolution_ceiling(mask, everywhere, (16, 16)) == pytest.approx(1.0)  # one cell per pixel
+    assert resolution_ceiling(mask, everywhere, (1, 1)) == pytest.approx(16 / 256)  # uniform: chance
+    coarse, fine = resolution_ceiling(mask, everywhere, (2, 2)), resolution_ceiling(mask, everywhere, (8, 8))
+    assert 16 / 256 < coarse < fine < 1.0
+    seen = np.zeros((16, 16), dtype=bool)
+    seen[2:14, 2:14] = True  # a center crop: a 1 x 1 grid now spreads over the seen part only
+    assert resolution_ceiling(mask, seen, (1, 1)) == pytest.approx(16 / 144)
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing images and classes
+
+
+def test_test_images_are_taken_from_the_classes_in_turn(tmp_path):
+    for name, count in (("bolt", 3), ("gear", 1), ("spring", 2)):
+        folder = tmp_path / "test" / name
+        folder.mkdir(parents=True)
+        for i in range(count):
+            (folder / f"{name}_{i:04d}.png").write_bytes(b"")
+    (tmp_path / "test" / "gear" / "notes.txt").write_text("not an image")
+    chosen = select_test_images(tmp_path, n=5)
+    assert [(path.name, cls) for path, cls in chosen] == [
+        ("bolt_0000.png", "bolt"),
+        ("gear_0000.png", "gear"),
+        ("spring_0000.png", "spring"),
+        ("bolt_0001.png", "bolt"),
+        ("spring_0001.png", "spring"),
+    ]
+    assert len(select_test_images(tmp_path, n=100)) == 6
+
+
+def test_missing_split_names_the_command_that_writes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m train.datasets parts --out"):
+        select_test_images(tmp_path, n=5)
+
+
+def test_folder_names_match_labels_exactly_or_up_to_separators():
+    assert class_index(PART_LABELS, "hex_nut") == 1
+    assert class_index({0: "gear", 1: "Hex nut"}, "hex_nut") == 1
+    with pytest.raises(ValueError, match=r"no class 'spring' \(its labels are \['gear', 'hex_nut'\]\)"):
+        class_index({0: "gear", 1: "hex_nut"}, "spring")
+
+
+def test_view_mask_is_the_center_crop():
+    from transformers import ConvNextImageProcessor
+
+    # shortest edge 32 at crop_pct 0.875: resize 64 -> 36, center-crop 32, i.e. 2 resized pixels off each side.
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    seen = view_mask(processor, (64, 64), (32, 32))
+    rows = np.flatnonzero(seen.any(axis=1))
+    assert seen[32, 32] and not seen[0, 0]
+    assert rows[0] in (3, 4) and rows[-1] in (59, 60)  # 2 of 36 resized pixels = 3.6 original pixels
+    assert seen.sum() == len(rows) ** 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The localisation path end to end, on tiny random classifiers and generated parts
+
+
+@pytest.fixture(scope="module")
+def parts_data(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("parts")
+    write_parts(directory, seed=0, size=64, n_per_class=14, n_other=2)  # 2 test images per class
+    return directory
+
+
+def _tiny_parts_classifier(kind: str, directory):
+    """Like conftest's tiny_resnet_dir / tiny_vit_dir, with the six part classes as labels."""
+    import transformers as tf
+
+    torch.manual_seed(0)
+    labels = {"id2label": PART_LABELS, "label2id": {v: k for k, v in PART_LABELS.items()}}
+    if kind == "resnet":
+        model = tf.ResNetForImageClassification(
+            tf.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], **labels)
+        )
+        processor = tf.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    else:
+        config = tf.ViTConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            **labels,
+        )
+        model, processor = tf.ViTForImageClassification(config), tf.ViTImageProcessor(size={"height": 32, "width": 32})
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize("kind", ["resnet", "vit"])
+def test_localisation_reports_every_measure_in_range(kind, parts_data, tmp_path):
+    model_dir = _tiny_parts_classifier(kind, tmp_path / kind)
+    report = measure_localisation(model_dir, parts_data, n=8)
+    assert report["split"] == "test" and report["method"] == "gradcam" and report["layer"]
+    assert len(report["cam_grid"]) == 2 and min(report["cam_grid"]) >= 1
+    assert len(report["images"]) == 8
+    assert sorted(report["per_class"]) == sorted(PART_KINDS)  # 8 images over 6 classes: every class once
+    assert report["overall"]["n"] == 8 and sum(s["n"] for s in report["per_class"].values()) == 8
+    for record in report["images"]:
+        assert 0.0 <= record["energy_share"] <= 1.0
+        assert 0.0 < record["mask_area_share"] < 1.0
+        assert 0.0 < record["mask_share_of_view"] <= 1.0
+        assert record["mask_area_share"] <= record["resolution_ceiling"] <= 1.0
+        assert record["predicted"] in PART_KINDS and isinstance(record["pointing_hit"], bool)
+        mask = np.asarray(Image.open(parts_data / "masks" / record["class"] / record["image"].split("/")[-1])) > 127
+        assert record["mask_area_share"] == pytest.approx(mask.mean(), abs=1e-4)
+    overall = report["overall"]
+    assert 0.0 <= overall["pointing_game_hit_rate"] <= 1.0 and 0.0 <= overall["accuracy"] <= 1.0
+    goal = report["goal"]
+    assert goal["value"] == overall["energy_share"]["mean"] and goal["met"] == (goal["value"] >= 0.6)
+    json.dumps(report, allow_nan=False)  # the report is plain JSON
+
+
+def test_no_parts_model_means_localisation_is_skipped(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "DEFAULT_PARTS_MODEL", tmp_path / "no-run-here")
+    assert bench.parse_args(["--parts-data", str(tmp_path)]).parts_model is None
+    speed = {"latency": {}, "goals": {"gradcam_within_3x_of_forward": {"ratio": 2.5, "target": "<= 3", "met": True}}}
+    monkeypatch.setattr(bench, "measure_speed", lambda rounds, warmup, with_scorecam: speed)
+    report = bench.run_benchmark(None, tmp_path, n=60, rounds=1, warmup=0, with_scorecam=False)
+    assert report["localisation"] == {"skipped": "no parts model: run make bench-train first"}
+    assert list(report["goals"]) == ["gradcam_within_3x_of_forward"]
+    assert report["machine"]["torch_threads"] >= 1
+
+
+def test_a_parts_model_that_is_not_a_checkpoint_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--parts-model", str(tmp_path)])
+    assert "is not a checkpoint directory (no config.json)" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_main_writes_and_prints_the_report(parts_data, tmp_path, capsys):
+    model_dir = _tiny_parts_classifier("resnet", tmp_path / "resnet")
+    out = tmp_path / "explanation.json"
+    argv = ["--parts-model", str(model_dir), "--parts-data", str(parts_data), "--n", "6", "--rounds", "1"]
+    assert bench.main([*argv, "--warmup", "0", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    speed = report["speed"]
+    assert speed["image"]["explained_label"] == "espresso"
+    methods = {*bench.INTERLEAVED_METHODS, *bench.ISOLATED_METHODS}
+    assert set(speed["latency"]) == {"forward", "gradcam", "gradcam_with_faithfulness", *methods}
+    assert speed["cam_grid"] == [7, 7]
+    assert speed["ratios"]["gradcam_over_forward"] > 0  # one round on a shared machine: no timing claims
+    assert set(report["goals"]) == {"gradcam_within_3x_of_forward", "energy_share_mean_at_least_0.6"}
+    assert report["localisation"]["overall"]["n"] == 6
