@@ -21,7 +21,7 @@ from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from pipelines.classification import verdict_text
 from pipelines.examples import example_photos
-from pipelines.explanation import METHODS, ExplanationError, explain_prediction
+from pipelines.explanation import METHODS, ExplanationError, explain_defect, explain_prediction
 from pipelines.registry import ClassifierRegistry, LazySegmenter
 
 logger = logging.getLogger("vispect.app")
@@ -266,6 +266,13 @@ def build_demo(
         )
 
     @user_facing
+    def explain_defect_class(image: dict | None, defect: str, method: str):
+        """Grad-CAM for one defect class of the segmenter: (three panels, sentence)."""
+        picture = read_upload(image)
+        explanation = explain_defect(segmenter_source.get(), picture, class_id=defect, method=method)
+        return explanation.panels, explanation_markdown(explanation)
+
+    @user_facing
     def target_choices(model: str):
         """The class dropdown of the Explain tab follows the chosen model's labels."""
         labels = registry.get(model).id2label
@@ -330,6 +337,18 @@ def build_demo(
                             interactive=False,
                         )
                         downloads = gr.File(label="Downloads: mask PNG and RLE CSV", file_count="multiple")
+                with gr.Accordion("Why this outline? Grad-CAM for one defect class", open=False):
+                    with gr.Row():
+                        defect_class = gr.Dropdown(
+                            choices=[name for i, name in sorted(segmenter_source.labels().items()) if i],
+                            label="Defect class",
+                        )
+                        defect_method = gr.Dropdown(
+                            choices=[name for name in METHODS if name != "scorecam"], value="gradcam", label="Method"
+                        )
+                        defect_button = gr.Button("Explain this defect")
+                    defect_panels = gr.Image(label="Original | heatmap | overlay", type="pil", interactive=False)
+                    defect_text = gr.Markdown()
             with gr.Tab("Model", id="model"):
                 details = gr.Markdown("Select a classifier to see its details.")
                 plots = gr.Gallery(label="Evaluation report", columns=2, height="auto", object_fit="contain")
@@ -349,6 +368,13 @@ def build_demo(
         )
         segment_button.click(
             segment_image, [steel, min_area], [annotated, table, defect_verdict, downloads], api_name="segment", **raw
+        )
+        defect_button.click(
+            explain_defect_class,
+            [steel, defect_class, defect_method],
+            [defect_panels, defect_text],
+            api_name="explain_defect",
+            **raw,
         )
         refresh.click(describe_model, [model], [details, plots], api_name="describe_model")
         model.change(describe_model, [model], [details, plots], api_name=False)

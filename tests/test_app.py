@@ -177,11 +177,14 @@ def test_segment_endpoint_outlines_and_offers_downloads(tmp_path):
     demo = app.build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(tmp_path / "seg"))
     demo.launch(prevent_thread_lock=True, quiet=True)
     try:
-        annotated, table, verdict, files = Client(demo.local_url, verbose=False).predict(
-            handle_file(str(image)), 0, api_name="/segment"
-        )
+        client = Client(demo.local_url, verbose=False)
+        annotated, table, verdict, files = client.predict(handle_file(str(image)), 0, api_name="/segment")
+        panels, why = client.predict(handle_file(str(image)), "scratches", "gradcam", api_name="/explain_defect")
+        with pytest.raises(Exception, match="'pitting'.*not found in this image"):
+            client.predict(handle_file(str(image)), "pitting", "gradcam", api_name="/explain_defect")
     finally:
         demo.close()
+    assert Image.open(panels).width > 2.5 * Image.open(panels).height and "**scratches**" in why
     assert [a["label"] for a in annotated["annotations"]] == ["scratches"]
     rows = {row[0]: row for row in table["data"]}
     assert rows["scratches"][1] == pytest.approx(100.0) and rows["pitting"][1] == 0
