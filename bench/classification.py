@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import (
+    benchmark_photo_path,
     free_port,
     latency_stats,
     machine_info,
@@ -60,14 +61,7 @@ def write_benchmark_jpeg(directory: Path) -> Path:
     """
     from PIL import Image
 
-    from pipelines.examples import example_photos
-
-    source = next((path for path in example_photos() if path.name == PHOTO), None)
-    if source is None:
-        raise FileNotFoundError(
-            f"The benchmark photo {PHOTO} comes with scikit-image, which is not installed. "
-            "Install it with: pip install -r requirements.txt"
-        )
+    source = benchmark_photo_path(PHOTO)
     target = Path(directory) / "coffee.jpg"
     with Image.open(source) as photo:
         photo.convert("RGB").save(target, format="JPEG", quality=JPEG_QUALITY)

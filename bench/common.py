@@ -223,3 +223,23 @@ def publish_report(report: dict, out: Path, summary: str) -> None:
     print(text)
     print(summary, file=sys.stderr)
     print(f"written to {out}", file=sys.stderr)
+
+
+BENCHMARK_PHOTO = "coffee.png"
+
+
+def benchmark_photo_path(name: str = BENCHMARK_PHOTO) -> Path:
+    """A real photo that ships with scikit-image (via pipelines.examples), so benchmarks need no download.
+
+    Raises:
+        FileNotFoundError: scikit-image (which ships the photo) is not installed.
+    """
+    from pipelines.examples import example_photos
+
+    source = next((path for path in example_photos() if path.name == name), None)
+    if source is None:
+        raise FileNotFoundError(
+            f"The benchmark photo {name} comes with scikit-image, which is not installed. "
+            "Install it with: pip install -r requirements.txt"
+        )
+    return source

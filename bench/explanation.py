@@ -37,7 +37,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import latency_stats, machine_info, own_peak_rss_mb, publish_report, time_round_robin
+from bench.common import (
+    benchmark_photo_path,
+    latency_stats,
+    machine_info,
+    own_peak_rss_mb,
+    publish_report,
+    time_round_robin,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "explanation.json"
@@ -314,14 +321,8 @@ def load_photo():
         FileNotFoundError: scikit-image (which ships the photo) is not installed.
     """
     from common.image_io import load_image
-    from pipelines.examples import example_photos
 
-    source = next((path for path in example_photos() if path.name == PHOTO), None)
-    if source is None:
-        raise FileNotFoundError(
-            f"The benchmark photo {PHOTO} comes with scikit-image, which is not installed. "
-            "Install it with: pip install -r requirements.txt"
-        )
+    source = benchmark_photo_path(PHOTO)
     return load_image(source)
 
 
