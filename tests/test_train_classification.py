@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -244,12 +245,12 @@ def test_resume_after_kill_reaches_the_same_model(tiny_vit_dir, tmp_path):
     command = [sys.executable, "-c", _SLOW_STEPS, *_args_no_test(tiny_vit_dir, data, resumed, *schedule)]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = __import__("time").monotonic() + 300
+        deadline = time.monotonic() + 300
         while not (resumed / "checkpoint-4" / "trainer_state.json").exists():
             assert process.poll() is None, "training ended before it could be killed"
-            assert __import__("time").monotonic() < deadline
-            __import__("time").sleep(0.2)
-        __import__("time").sleep(0.5)
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(0.5)
     finally:
         process.kill()
         process.wait()
