@@ -124,3 +124,20 @@ def write_colour_folders(root, per_split=None, seed=0, size=40):
 @pytest.fixture(scope="session")
 def colour_folders(tmp_path_factory):
     return write_colour_folders(tmp_path_factory.mktemp("colours"))
+
+
+def tiny_segformer_config(id2label: dict[int, str]):
+    """The smallest SegFormer that still has all four encoder stages (transformers' own test sizes)."""
+    from transformers import SegformerConfig
+
+    return SegformerConfig(
+        num_encoder_blocks=4,
+        depths=[1, 1, 1, 1],
+        sr_ratios=[8, 4, 2, 1],
+        hidden_sizes=[8, 8, 16, 16],
+        num_attention_heads=[1, 1, 2, 2],
+        decoder_hidden_size=16,
+        num_labels=len(id2label),
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+    )

@@ -157,14 +157,13 @@ def test_segment_endpoint_outlines_and_offers_downloads(tmp_path):
     """The Segment tab with a tiny segmenter whose head always answers 'scratches'."""
     import csv
 
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
 
     from pipelines.registry import ClassifierRegistry, LazySegmenter
+    from tests.conftest import tiny_segformer_config
 
     labels = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
-    config = SegformerConfig(depths=[1, 1, 1, 1], hidden_sizes=[8, 8, 16, 16], num_attention_heads=[1, 1, 2, 2],
-                             decoder_hidden_size=16, num_labels=5, id2label=labels)  # fmt: skip
-    model = SegformerForSemanticSegmentation(config)
+    model = SegformerForSemanticSegmentation(tiny_segformer_config(labels))
     with torch.no_grad():
         model.decode_head.classifier.bias[:] = torch.tensor([0.0, 0, 0, 20, 0])
     model.save_pretrained(tmp_path / "seg")

@@ -555,21 +555,12 @@ def defect_dir(tmp_path_factory, defect_photo):
     fused features onto (mean on the patch - mean off it), with a bias halfway between the two
     means, so it wins in a region around the patch and nowhere else.
     """
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from tests.conftest import tiny_segformer_config
 
     torch.manual_seed(0)
-    config = SegformerConfig(
-        num_channels=3,
-        num_encoder_blocks=4,
-        depths=[1, 1, 1, 1],
-        sr_ratios=[8, 4, 2, 1],
-        hidden_sizes=[8, 8, 16, 16],
-        num_attention_heads=[1, 1, 2, 2],
-        decoder_hidden_size=16,
-        num_labels=5,
-        id2label=DEFECTS,
-        label2id={name: i for i, name in DEFECTS.items()},
-    )
+    config = tiny_segformer_config(DEFECTS)
     model, processor = SegformerForSemanticSegmentation(config).eval(), SegformerImageProcessor()
     pixel_values, _ = DefectSegmenter(model, processor, "unsaved").preprocess(defect_photo)
     fused = {}

@@ -30,21 +30,12 @@ STAGE1_ORDER = ["scratches", "patches", "pitting", "crazing"]
 
 
 def _save_segformer(directory, id2label=DEFECTS, image_mean=(0.5, 0.4, 0.3)):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from tests.conftest import tiny_segformer_config
 
     torch.manual_seed(0)
-    config = SegformerConfig(
-        num_channels=3,
-        num_encoder_blocks=4,
-        depths=[1, 1, 1, 1],
-        sr_ratios=[8, 4, 2, 1],
-        hidden_sizes=[8, 8, 16, 16],
-        num_attention_heads=[1, 1, 2, 2],
-        decoder_hidden_size=16,
-        num_labels=len(id2label),
-        id2label=id2label,
-        label2id={name: i for i, name in id2label.items()},
-    )
+    config = tiny_segformer_config(id2label)
     SegformerForSemanticSegmentation(config).save_pretrained(directory)
     SegformerImageProcessor(image_mean=list(image_mean), image_std=[0.2, 0.25, 0.3]).save_pretrained(directory)
     return directory

@@ -27,14 +27,12 @@ def steel(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_segformer_dir(tmp_path_factory):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+    from transformers import SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    from tests.conftest import tiny_segformer_config
 
     torch.manual_seed(0)
-    config = SegformerConfig(
-        num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 16, 16],
-        num_attention_heads=[1, 1, 2, 2], decoder_hidden_size=16, num_labels=5, id2label=ID2LABEL,
-        label2id={v: k for k, v in ID2LABEL.items()},
-    )  # fmt: skip
+    config = tiny_segformer_config(ID2LABEL)
     directory = tmp_path_factory.mktemp("tiny-segformer")
     SegformerForSemanticSegmentation(config).save_pretrained(directory)
     SegformerImageProcessor(do_resize=False).save_pretrained(directory)
