@@ -28,11 +28,17 @@ class AugmentConfig:
 
 def train_transform(geometry: InputGeometry, config: AugmentConfig = AugmentConfig()) -> v2.Compose:
     """PIL image -> normalised float tensor of the model's input size, randomly varied."""
+    height, width = geometry.input_size
+    # RandomResizedCrop's aspect ratios (3/4 to 4/3 by default) are centred on the input's own
+    # shape: for a 128x800 strip input the stock range cannot fit any crop in a 256x1600 image,
+    # and torchvision falls back to a 4:3 centre crop, so the model never sees the strip's ends.
+    aspect = width / height
     steps = [
         v2.ToImage(),
         v2.RandomResizedCrop(
             geometry.input_size,
             scale=(config.scale_min, 1.0),
+            ratio=(aspect * 3 / 4, aspect * 4 / 3),
             interpolation=interpolation_mode(geometry.interpolation),
             antialias=True,
         ),
