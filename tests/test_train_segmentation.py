@@ -85,11 +85,43 @@ def test_soft_dice_is_zero_for_a_perfect_answer():
     assert train_seg.soft_dice_loss(logits, labels).item() == pytest.approx(0, abs=1e-3)
 
 
+def _strip_with_one_small_defect():
+    from torchvision import tv_tensors
+
+    mask = torch.zeros(256, 1600, dtype=torch.uint8)
+    mask[100:104, 1500:1510] = 2  # 40 pixels at the far right end of the strip
+    mask[:, :8] = IGNORE_INDEX
+    return tv_tensors.Image(torch.zeros(3, 256, 1600, dtype=torch.uint8)), tv_tensors.Mask(mask)
+
+
+def test_defect_biased_crop_holds_the_defect_when_asked_to():
+    torch.manual_seed(0)
+    image, mask = _strip_with_one_small_defect()
+    always = train_seg.DefectBiasedCrop((128, 384), p=1.0)
+    never = train_seg.DefectBiasedCrop((128, 384), p=0.0)
+    crops = [always(image, mask) for _ in range(100)]
+    assert all((m == 2).any() for _, m in crops)
+    assert all(i.shape == (3, 128, 384) and m.shape == (128, 384) for i, m in crops)
+    # A plain random crop finds this defect only about a quarter of the time.
+    assert sum(bool((never(image, mask)[1] == 2).any()) for _ in range(100)) < 50
+
+
+def test_defect_biased_crop_keeps_image_and_mask_aligned():
+    torch.manual_seed(1)
+    image, mask = _strip_with_one_small_defect()
+    image = type(image)((mask == 2).to(torch.uint8).expand(3, -1, -1) * 200)  # the defect drawn in the image
+    for _ in range(20):
+        cropped_image, cropped_mask = train_seg.DefectBiasedCrop((64, 256), p=1.0)(image, mask)
+        assert torch.equal(cropped_image[0] == 200, cropped_mask == 2)
+
+
 def test_bad_flags_are_named(tmp_path):
     with pytest.raises(ValueError, match="exactly one data source"):
         train_seg.parse_args(["--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="--crop_size must be HEIGHTxWIDTH in multiples of 32"):
         train_seg.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--crop_size", "100x100"])
+    with pytest.raises(ValueError, match="--defect_crop_probability must be in"):
+        train_seg.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--defect_crop_probability", "2"])
 
 
 def test_stage1_csvs_follow_the_segmenter_split(steel, tmp_path):

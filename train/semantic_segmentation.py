@@ -80,6 +80,13 @@ class DataArguments:
             "resolution; saved in the processor so inference resizes the same way. Default: native resolution."
         },
     )
+    defect_crop_probability: float = field(
+        default=0.5,
+        metadata={
+            "help": "Chance that a training crop is placed over a defect (of a class picked uniformly among those "
+            "in the image) instead of anywhere; defects cover a few percent of a strip."
+        },
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate training images."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate validation images."})
 
@@ -87,6 +94,8 @@ class DataArguments:
         if sum(bool(x) for x in (self.data_dir, self.mask_dir, self.dataset_name)) != 1:
             raise ValueError("Give exactly one data source: --data_dir, --mask_dir or --dataset_name.")
         self.crop  # noqa: B018 - validate early
+        if not 0.0 <= self.defect_crop_probability <= 1.0:
+            raise ValueError(f"--defect_crop_probability must be in [0, 1], got {self.defect_crop_probability}.")
 
     @property
     def crop(self) -> tuple[int, int]:
@@ -187,7 +196,45 @@ def build_model(name: str, id2label: dict[int, str]):
     return model, load_pretrained(AutoImageProcessor, name)
 
 
-def joint_transforms(processor, crop: tuple[int, int], resize: tuple[int, int] | None = None):
+class DefectBiasedCrop:
+    """A random crop that, with probability ``p``, is placed so that it holds a defect.
+
+    The defect class is drawn uniformly among the classes in the mask, then one of its
+    pixels, so a small rare class (pitting, crazing) is sampled as often as the large common
+    ones. Otherwise, and for images without defects, it is ``v2.RandomCrop``.
+    """
+
+    def __init__(self, size: tuple[int, int], p: float):
+        self.size, self.p = size, p
+        self.random_crop = v2.RandomCrop(
+            size, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
+        )
+
+    def __call__(self, image: tv_tensors.Image, mask: tv_tensors.Mask):
+        (height, width), (crop_h, crop_w) = mask.shape[-2:], self.size
+        if height >= crop_h and width >= crop_w and torch.rand(()) < self.p:
+            classes = [c for c in mask.unique().tolist() if c not in (0, IGNORE_INDEX)]
+            if classes:
+                chosen = classes[torch.randint(len(classes), ()).item()]
+                ys, xs = torch.nonzero(mask == chosen, as_tuple=True)
+                pixel = torch.randint(len(ys), ()).item()
+                top = _window_start(ys[pixel].item(), crop_h, height)
+                left = _window_start(xs[pixel].item(), crop_w, width)
+                return v2.functional.crop(image, top, left, crop_h, crop_w), v2.functional.crop(
+                    mask, top, left, crop_h, crop_w
+                )
+        return self.random_crop(image, mask)
+
+
+def _window_start(position: int, window: int, extent: int) -> int:
+    """A random start for a window of ``window`` pixels inside ``extent`` that covers ``position``."""
+    low, high = max(0, position - window + 1), min(position, extent - window)
+    return int(torch.randint(low, high + 1, ()).item())
+
+
+def joint_transforms(
+    processor, crop: tuple[int, int], resize: tuple[int, int] | None = None, defect_crop_probability: float = 0.0
+):
     """(train, eval) functions for ``set_transform``: image and mask change together.
 
     With ``resize``, images are resized bilinearly and masks by nearest neighbour (v2 picks
@@ -199,7 +246,7 @@ def joint_transforms(processor, crop: tuple[int, int], resize: tuple[int, int] |
         normalise.insert(0, v2.Resize(list(resize), antialias=True))
     train = v2.Compose([
         *([v2.Resize(list(resize), antialias=True)] if resize else []),
-        v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}),
+        DefectBiasedCrop(crop, defect_crop_probability),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         *normalise[1 if resize else 0 :],
@@ -357,7 +404,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.resize:
         # Recorded in the checkpoint's config: pipelines/segmentation.py resizes to it, then back.
         model.config.inference_resize = list(data_args.resize)
-    train_fn, eval_fn = joint_transforms(processor, data_args.crop, data_args.resize)
+    train_fn, eval_fn = joint_transforms(
+        processor, data_args.crop, data_args.resize, data_args.defect_crop_probability
+    )
     data.splits["train"].set_transform(train_fn)
     data.splits["validation"].set_transform(eval_fn)
 
@@ -394,6 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 **asdict(model_args),
                 **asdict(recipe),
                 "crop_size": data_args.crop_size,
+                "resize_to": data_args.resize_to,
+                "defect_crop_probability": data_args.defect_crop_probability,
                 **{
                     k: getattr(training_args, k)
                     for k in ("learning_rate", "max_steps", "num_train_epochs", "per_device_train_batch_size", "seed")
