@@ -121,7 +121,9 @@ def test_bad_flags_are_named(tmp_path):
     with pytest.raises(ValueError, match="--crop_size must be HEIGHTxWIDTH in multiples of 32"):
         train_seg.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--crop_size", "100x100"])
     with pytest.raises(ValueError, match="--defect_crop_probability must be in"):
-        train_seg.parse_args(["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--defect_crop_probability", "2"])
+        train_seg.parse_args(
+            ["--data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--defect_crop_probability", "2"]
+        )
 
 
 def test_stage1_csvs_follow_the_segmenter_split(steel, tmp_path):

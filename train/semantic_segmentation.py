@@ -404,9 +404,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if data_args.resize:
         # Recorded in the checkpoint's config: pipelines/segmentation.py resizes to it, then back.
         model.config.inference_resize = list(data_args.resize)
-    train_fn, eval_fn = joint_transforms(
-        processor, data_args.crop, data_args.resize, data_args.defect_crop_probability
-    )
+    train_fn, eval_fn = joint_transforms(processor, data_args.crop, data_args.resize, data_args.defect_crop_probability)
     data.splits["train"].set_transform(train_fn)
     data.splits["validation"].set_transform(eval_fn)
 
