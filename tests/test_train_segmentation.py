@@ -115,6 +115,15 @@ def test_defect_biased_crop_keeps_image_and_mask_aligned():
         assert torch.equal(cropped_image[0] == 200, cropped_mask == 2)
 
 
+def test_balanced_weights_give_clean_images_and_each_class_equal_mass():
+    # 6 clean, 3 with scratches (class index 2), 1 with crazing + scratches (rarest: crazing).
+    defects = [[False] * 4] * 6 + [[False, False, True, False]] * 3 + [[False, True, True, False]]
+    weights = train_seg.balanced_image_weights(defects)
+    clean, scratches, crazing = sum(weights[:6]), sum(weights[6:9]), weights[9]
+    assert clean == pytest.approx(scratches) == pytest.approx(crazing)
+    assert weights[9] > weights[6] > weights[0]
+
+
 def test_bad_flags_are_named(tmp_path):
     with pytest.raises(ValueError, match="exactly one data source"):
         train_seg.parse_args(["--output_dir", str(tmp_path)])

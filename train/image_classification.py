@@ -25,7 +25,6 @@ from transformers import (
     AutoModelForImageClassification,
     EarlyStoppingCallback,
     HfArgumentParser,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -38,6 +37,7 @@ from train import classification_data as data
 from train.augment import AugmentConfig, batch_mixer, train_transform
 from train.classification_report import write_report
 from train.metrics import compute_metrics_fn
+from train.trainer import VispectTrainer
 
 logger = logging.getLogger("vispect.train")
 
@@ -394,39 +394,8 @@ class ClassificationLoss:
         return F.cross_entropy(logits, labels, weight=weight)
 
 
-class ImageClassificationTrainer(Trainer):
-    """The stock Trainer, plus an optional class-balanced sampler."""
-
-    # Our loss is a per-batch mean; let the Trainer divide it for gradient accumulation.
-    loss_is_scaled_for_ga = False
-
-    def __init__(self, *args, sample_weights: list[float] | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sample_weights = sample_weights
-
-    # transformers 5.23 saves checkpoints under the legacy parameter names (e.g. ViT's
-    # "attention.attention.query") but its Trainer reloads them with a plain, non-strict
-    # load_state_dict, which silently skips every renamed tensor when resuming or loading
-    # the best model. from_pretrained applies the renames, so weights are loaded through it.
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        self._load_weights(resume_from_checkpoint)
-
-    def _load_best_model(self):
-        logger.info("Loading best model from %s (%s).", self.state.best_model_checkpoint, self.state.best_metric)
-        self._load_weights(self.state.best_model_checkpoint)
-
-    def _load_weights(self, checkpoint: str) -> None:
-        model = self.accelerator.unwrap_model(self.model)
-        saved = type(model).from_pretrained(checkpoint, local_files_only=True, trust_remote_code=False)
-        model.load_state_dict(saved.state_dict(), strict=True)
-
-    def _get_train_sampler(self, train_dataset=None):
-        if self.sample_weights is None or self.args.world_size > 1:
-            return super()._get_train_sampler(train_dataset)
-        generator = torch.Generator().manual_seed(self.args.seed)
-        return torch.utils.data.WeightedRandomSampler(
-            self.sample_weights, num_samples=len(self.sample_weights), replacement=True, generator=generator
-        )
+class ImageClassificationTrainer(VispectTrainer):
+    """The shared trainer (checkpoint reload fix, optional class-balanced sampler)."""
 
 
 def check_output_dir(training_args: TrainingArguments, recipe: RecipeArguments) -> str | None:

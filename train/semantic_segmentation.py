@@ -32,7 +32,6 @@ from transformers import (
     SegformerConfig,
     SegformerForSemanticSegmentation,
     SegformerImageProcessor,
-    Trainer,
     TrainingArguments,
     set_seed,
 )
@@ -44,6 +43,7 @@ from train import segmentation_data as seg
 from train.classification_data import DataError
 from train.image_classification import check_output_dir, flags_given
 from train.segmentation_metrics import IGNORE_INDEX, segmentation_metrics
+from train.trainer import VispectTrainer
 
 logger = logging.getLogger("vispect.train.segmentation")
 
@@ -117,6 +117,13 @@ def _size(text: str, flag: str) -> tuple[int, int]:
 class RecipeArguments:
     loss: str = field(default="ce_dice", metadata={"help": "'ce' or 'ce_dice' (cross-entropy plus soft Dice)."})
     dice_weight: float = field(default=1.0, metadata={"help": "Weight of the Dice term in 'ce_dice'."})
+    balance_classes: bool = field(
+        default=False,
+        metadata={
+            "help": "Draw clean images and images of each defect class equally often (an image with several "
+            "classes counts for its rarest), so a rare class is not seen a few dozen times in all."
+        },
+    )
     early_stopping_patience: int | None = field(default=None, metadata={"help": "Evaluations without improvement."})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a finished model in --output_dir."})
 
@@ -317,19 +324,17 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return 1 - ((2 * intersection + 1) / (total + 1)).mean()
 
 
-class SegmentationTrainer(Trainer):
-    loss_is_scaled_for_ga = False  # our loss is a per-batch mean
+class SegmentationTrainer(VispectTrainer):
+    """The shared trainer (checkpoint reload fix, optional image sampling weights)."""
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):  # see image_classification
-        self._load_weights(resume_from_checkpoint)
 
-    def _load_best_model(self):
-        self._load_weights(self.state.best_model_checkpoint)
-
-    def _load_weights(self, checkpoint):
-        model = self.accelerator.unwrap_model(self.model)
-        saved = type(model).from_pretrained(checkpoint, local_files_only=True, trust_remote_code=False)
-        model.load_state_dict(saved.state_dict(), strict=True)
+def balanced_image_weights(defects: list[list[bool]]) -> list[float]:
+    """Per-image sampling weights giving each group (clean, or rarest defect class present) equal mass."""
+    counts = [sum(flags[c] for flags in defects) for c in range(len(defects[0]) if defects else 0)]
+    groups = [min((c for c, present in enumerate(flags) if present), key=counts.__getitem__, default=-1)
+              for flags in defects]  # fmt: skip
+    sizes = {group: groups.count(group) for group in set(groups)}
+    return [1.0 / sizes[group] for group in groups]
 
 
 def predicted_labels(logits, labels):
@@ -408,6 +413,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     data.splits["train"].set_transform(train_fn)
     data.splits["validation"].set_transform(eval_fn)
 
+    weights = (
+        balanced_image_weights(data.splits["train"].with_format(None)[seg.DEFECTS]) if recipe.balance_classes else None
+    )
     trainer = SegmentationTrainer(
         model=model,
         args=training_args,
@@ -419,6 +427,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         preprocess_logits_for_metrics=predicted_labels,
         processing_class=processor,
         callbacks=[EarlyStoppingCallback(recipe.early_stopping_patience)] if recipe.early_stopping_patience else None,
+        sample_weights=weights,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
     trainer.save_model()
