@@ -22,7 +22,7 @@ from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from pipelines.classification import verdict_text
 from pipelines.examples import example_photos
 from pipelines.explanation import METHODS, ExplanationError, explain_defect, explain_prediction
-from pipelines.registry import ClassifierRegistry, LazySegmenter
+from pipelines.registry import PROJECT_MODELS_DIR, ClassifierRegistry, LazySegmenter
 
 logger = logging.getLogger("vispect.app")
 
@@ -396,7 +396,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR_OR_HUB_ID",
         help="extra classifier checkpoint to offer (repeatable); checkpoints in --models-dir are found automatically",
     )
-    parser.add_argument("--models-dir", default="models", help="folder searched for classifier checkpoints")
+    parser.add_argument(
+        "--models-dir",
+        default=str(PROJECT_MODELS_DIR),
+        help="folder with the demo models and extra classifier checkpoints (default: models/ beside app.py)",
+    )
     parser.add_argument("--segmenter", help="defect segmentation checkpoint (default: models/steel-segformer)")
     parser.add_argument("--stage1", help="with --segmenter: its stage-1 'which defects are present' classifier")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20, help="upload size limit in MB")

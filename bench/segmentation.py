@@ -51,6 +51,12 @@ def score(segmenter: DefectSegmenter, data: seg.SegmentationData) -> dict[str, f
     return segmentation_metrics(np.stack(predicted), np.stack(truth), segmenter.id2label)
 
 
+def all_empty_score(data: seg.SegmentationData, id2label: dict[int, str]) -> dict[str, float]:
+    """The same scores for answering "no defects" everywhere: the floor any model must beat."""
+    truth = np.stack([seg.decode_mask(example) for example in data.splits["train"].with_format(None)])
+    return segmentation_metrics(np.zeros_like(truth), truth, id2label)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.segmentation", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="models/steel-segformer", help="segmentation checkpoint")
@@ -79,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         warmup=2,
     )
     latency = {name: latency_stats(values) for name, values in samples.items()}
-    quality = {"segmenter_only": score(alone, data), "two_stage": score(two_stage, data)}
+    quality = {
+        "segmenter_only": score(alone, data),
+        "two_stage": score(two_stage, data),
+        "all_empty_baseline": all_empty_score(data, alone.id2label),
+    }
     report = {
         "benchmark": "segmentation",
         "model": args.model,

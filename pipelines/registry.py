@@ -32,6 +32,10 @@ def is_classifier_checkpoint(directory: Path) -> bool:
     return any(name.endswith("ForImageClassification") for name in config.get("architectures") or [])
 
 
+# The embedded demo models live beside the code, whatever the working directory.
+PROJECT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
 def discover_classifiers(models_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint directories directly inside ``models_dir`` that hold classifiers."""
     root = Path(models_dir)
@@ -52,7 +56,9 @@ class ClassifierRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_sources(cls, extra: list[str] = (), models_dir: str | os.PathLike | None = "models") -> ClassifierRegistry:
+    def from_sources(
+        cls, extra: list[str] = (), models_dir: str | os.PathLike | None = PROJECT_MODELS_DIR
+    ) -> ClassifierRegistry:
         """The default model, then ``models_dir`` checkpoints, then ``extra`` (paths or hub ids)."""
         choices = [ModelChoice(DEFAULT_LABEL, DEFAULT_MODEL)]
         found = discover_classifiers(models_dir) if models_dir else []
@@ -91,7 +97,7 @@ class LazySegmenter:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_models_dir(cls, models_dir: str | os.PathLike = "models") -> LazySegmenter:
+    def from_models_dir(cls, models_dir: str | os.PathLike = PROJECT_MODELS_DIR) -> LazySegmenter:
         """The embedded demo pair, ``models/steel-segformer`` + ``models/steel-stage1``, when present."""
         root = Path(models_dir)
         model = root / "steel-segformer"
