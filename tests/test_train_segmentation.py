@@ -85,6 +85,19 @@ def test_soft_dice_is_zero_for_a_perfect_answer():
     assert train_seg.soft_dice_loss(logits, labels).item() == pytest.approx(0, abs=1e-3)
 
 
+def test_soft_dice_leaves_classes_absent_from_the_batch_to_cross_entropy():
+    labels = torch.tensor([[[0, 1], [0, 1]]])  # only class 1 present, in the right column
+    answer = torch.nn.functional.one_hot(labels, 5).permute(0, 3, 1, 2).float() * 20
+    spurious = answer.clone()
+    spurious[0, 2, :, 0] = 20  # class 2, absent from the batch, shares the background pixels
+    # Dice scores class 1 alone, which both answers get right; class 2 is cross-entropy's job.
+    assert train_seg.soft_dice_loss(spurious, labels).item() == pytest.approx(
+        train_seg.soft_dice_loss(answer, labels).item(), abs=1e-4
+    )
+    clean = torch.zeros(1, 2, 2, dtype=torch.long)
+    assert train_seg.soft_dice_loss(torch.randn(1, 5, 2, 2), clean).item() == 0.0
+
+
 def _strip_with_one_small_defect():
     from torchvision import tv_tensors
 
