@@ -254,7 +254,7 @@ def build_demo(
         """Outline defects: (annotated image, per-class table, verdict, [mask PNG, RLE CSV])."""
         picture = read_upload(image)
         segmenter = segmenter_source.get()
-        result = segmenter.segment(picture, min_area=int(min_area))
+        result = segmenter.segment(picture, min_area=segmenter.min_area_at_least(int(min_area)))
         return (
             (picture, [(region.mask, region.label) for region in result.regions if region.present]),
             [
@@ -323,7 +323,10 @@ def build_demo(
                 with gr.Row():
                     with gr.Column():
                         steel = gr.Image(type="filepath", sources=["upload", "clipboard"], label="Steel strip image")
-                        min_area = gr.Slider(0, 2000, value=0, step=50, label="Ignore regions smaller than (pixels)")
+                        min_area = gr.Slider(
+                            0, 5000, value=0, step=50,
+                            label="Also ignore regions smaller than (pixels; the model's tuned minimums always apply)",
+                        )  # fmt: skip
                         segment_button = gr.Button("Find defects", variant="primary")
                         if steel_examples:
                             gr.Examples(examples=[[str(p)] for p in steel_examples], inputs=[steel],

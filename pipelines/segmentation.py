@@ -231,6 +231,12 @@ class DefectSegmenter:
         self._resample = Image.Resampling[geometry.interpolation.upper()]
         self.stage1 = stage1
         self._stage1_columns, self._stage1_thresholds = self._match_stage1(stage1) if stage1 else ([], [])
+        # Per-class minimum areas fitted on validation by the training script (config "min_area").
+        self.tuned_min_area: dict[str, int] = dict(getattr(model.config, "min_area", None) or {})
+        try:
+            self.min_areas(self.tuned_min_area)
+        except ValueError as error:
+            raise ModelLoadError(f"Segmentation model '{source}' has a bad min_area in its config: {error}") from error
 
     @classmethod
     def from_pretrained(
@@ -374,7 +380,7 @@ class DefectSegmenter:
         self,
         logits: torch.Tensor,
         *,
-        min_area: MinArea = 0,
+        min_area: MinArea | None = None,
         stage1_probabilities: Sequence[float] | None = None,
         return_probabilities: bool = False,
     ) -> Segmentation:
@@ -384,7 +390,8 @@ class DefectSegmenter:
             logits: The output of :meth:`stitch`.
             min_area: Pixels a class needs in the image to be kept (an int for every class, or
                 ``{class id or label: pixels}``); smaller masks are cleared, as the Severstal
-                winners did per class to cut false positives on clean images.
+                winners did per class to cut false positives on clean images. None: the
+                minimums fitted on validation when the model was trained (``tuned_min_area``).
             stage1_probabilities: Stage-1 probability of each defect class 1..C-1, in class order.
             return_probabilities: Keep the softmax as float16 in the result.
         """
@@ -428,11 +435,13 @@ class DefectSegmenter:
         )
 
     def min_areas(self, min_area: MinArea) -> list[int]:
-        """``min_area`` as one pixel count per class 0..C-1 (background's is 0).
+        """``min_area`` as one pixel count per class 0..C-1 (background's is 0); None: the tuned ones.
 
         Raises:
             ValueError: an unknown class or a negative count, naming the classes.
         """
+        if min_area is None:
+            min_area = self.tuned_min_area
         if isinstance(min_area, Mapping):
             by_label = {label: class_id for class_id, label in self.id2label.items()}
             areas = [0] * self.num_labels
@@ -450,6 +459,10 @@ class DefectSegmenter:
             raise ValueError(f"min_area must be 0 or more pixels, got {min_area!r}.")
         return areas
 
+    def min_area_at_least(self, pixels: int) -> dict[int, int]:
+        """The tuned per-class minimums, each raised to at least ``pixels``."""
+        return {class_id: max(area, int(pixels)) for class_id, area in enumerate(self.min_areas(None)) if class_id}
+
     def stage1_probabilities(self, images: Sequence[Image.Image]) -> list[list[float]] | None:
         """Stage-1 probability of each defect class 1..C-1 per image; None without stage 1."""
         if self.stage1 is None:
@@ -460,7 +473,9 @@ class DefectSegmenter:
 
     # -- public entry points -----------------------------------------------------------------
 
-    def segment(self, image: ImageSource, *, min_area: MinArea = 0, return_probabilities: bool = False) -> Segmentation:
+    def segment(
+        self, image: ImageSource, *, min_area: MinArea | None = None, return_probabilities: bool = False
+    ) -> Segmentation:
         """Segment one image (a path, bytes or a PIL image) at its full resolution.
 
         Raises:
@@ -469,7 +484,7 @@ class DefectSegmenter:
         return self.segment_batch([image], min_area=min_area, return_probabilities=return_probabilities)[0]
 
     def segment_batch(
-        self, images: Sequence[ImageSource], *, min_area: MinArea = 0, return_probabilities: bool = False
+        self, images: Sequence[ImageSource], *, min_area: MinArea | None = None, return_probabilities: bool = False
     ) -> list[Segmentation]:
         """Segment several images; stage 1 runs on all of them in one call, segmentation per image."""
         self.min_areas(min_area)  # fail on a bad option before any inference
@@ -517,6 +532,7 @@ class DefectSegmenter:
                 "std": geometry.std,
             },
             "stage1": stage1,
+            "min_area": self.tuned_min_area,
         }
 
 
@@ -577,7 +593,7 @@ def write_submission(
     segmenter: DefectSegmenter,
     progress: bool = True,
     *,
-    min_area: MinArea = 0,
+    min_area: MinArea | None = None,
 ) -> tuple[int, int]:
     """Segment a folder (recursively) or files into a Kaggle CSV: ``ImageId,EncodedPixels,ClassId``.
 
@@ -650,7 +666,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tile-width", type=int, help="run overlapping tiles this wide (multiple of 32)")
     parser.add_argument("--resize-to", type=_parse_size, help="HxW to resize images to, for models trained resized")
     parser.add_argument(
-        "--min-area", type=parse_min_area, default=0, help="pixels a class needs to be kept: N, or CLASS=N,CLASS=N"
+        "--min-area",
+        type=parse_min_area,
+        default=None,
+        help="pixels a class needs to be kept: N, or CLASS=N,CLASS=N (default: the minimums tuned in training)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)

@@ -241,6 +241,28 @@ def test_min_area_clears_small_regions_per_class(segformer_dir):
         segmenter.segment(image, min_area={"dents": 10})
 
 
+def test_min_areas_tuned_in_training_apply_by_default(segformer_dir, tmp_path):
+    import json
+    import shutil
+
+    image = _random_image(70, 333)
+    counts = {r.label: int(r.mask.sum()) for r in DefectSegmenter.from_pretrained(segformer_dir).segment(image).regions}
+    smallest = min((label for label in counts if counts[label]), key=counts.get)
+    tuned_dir = shutil.copytree(segformer_dir, tmp_path / "tuned")
+    config = json.loads((tuned_dir / "config.json").read_text())
+    config["min_area"] = {smallest: counts[smallest] + 1}
+    (tuned_dir / "config.json").write_text(json.dumps(config))
+    segmenter = DefectSegmenter.from_pretrained(tuned_dir)
+    assert {r.label: int(r.mask.sum()) for r in segmenter.segment(image).regions} == {**counts, smallest: 0}
+    assert segmenter.segment(image, min_area=0).region(smallest).mask.sum() == counts[smallest]  # explicit wins
+    assert segmenter.min_area_at_least(5)[1] == max(5, config["min_area"].get(segmenter.id2label[1], 0))
+    assert segmenter.describe()["min_area"] == config["min_area"]
+    config["min_area"] = {"dents": 10}
+    (tuned_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="bad min_area.*dents"):
+        DefectSegmenter.from_pretrained(tuned_dir)
+
+
 def test_bad_options_and_unreadable_images_get_clear_errors(segformer_dir, tmp_path):
     with pytest.raises(ValueError, match="tile_width.*multiple of 32.*500"):
         DefectSegmenter.from_pretrained(segformer_dir, tile_width=500)

@@ -69,9 +69,19 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     assert 0 <= metrics["eval_mean_dice"] <= 1 and "eval_dice_scratches" in metrics
     for name in ("model.safetensors", "eval_results.json", "predictions.png", "training_curves.png", "README.md"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "config.json").read_text())["inference_resize"] == [32, 160]
+    config = json.loads((out / "config.json").read_text())
+    assert config["inference_resize"] == [32, 160]
+    assert set(config["min_area"]) == {"pitting", "crazing", "scratches", "patches"}  # fitted on validation
+    assert 0 <= metrics["eval_mean_dice_with_min_area"] <= 1
     segmenter = DefectSegmenter.from_pretrained(out)
     assert segmenter.resize_to == (32, 160)
+    assert segmenter.tuned_min_area == config["min_area"]
+
+    from train.tune_min_area import main as tune_main
+
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "min_area"}))
+    assert tune_main([str(out), "--data_dir", str(steel), "--seed", "42", "--resize_to", "32x160"]) == 0
+    assert json.loads((out / "config.json").read_text())["min_area"] == config["min_area"]  # same split, same fit
     from PIL import Image
 
     result = segmenter.segment(Image.new("RGB", (320, 64), (120, 120, 120)))

@@ -42,7 +42,7 @@ from train import report
 from train import segmentation_data as seg
 from train.classification_data import DataError
 from train.image_classification import check_output_dir, flags_given
-from train.segmentation_metrics import IGNORE_INDEX, segmentation_metrics
+from train.segmentation_metrics import IGNORE_INDEX, dice_per_pair, fit_min_areas, segmentation_metrics
 from train.trainer import VispectTrainer
 
 logger = logging.getLogger("vispect.train.segmentation")
@@ -403,6 +403,31 @@ def plot_predictions(split, trainer, id2label, path, count: int = 4) -> None:
     plt.close(figure)
 
 
+def validation_label_maps(model, split) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted and true class maps ``(N, H, W)`` of ``split`` (its eval transform already set)."""
+    predicted, truth = [], []
+    model.eval()
+    for index in range(len(split)):
+        batch = collate([split[index]])
+        with torch.inference_mode():
+            logits = model(pixel_values=batch["pixel_values"].to(model.device)).logits.float().cpu()
+        predicted.append(predicted_labels(logits, batch["labels"])[0].numpy())
+        truth.append(batch["labels"][0].numpy())
+    return np.stack(predicted), np.stack(truth)
+
+
+def record_min_areas(model, split, id2label: dict[int, str]) -> dict[str, float]:
+    """Fit per-class minimum areas on ``split`` and record them in ``model.config.min_area``.
+
+    ``pipelines/segmentation.py`` applies them by default. Returns mean Dice before and after.
+    """
+    predicted, truth = validation_label_maps(model, split)
+    fitted, dice = fit_min_areas(predicted, truth, len(id2label))
+    model.config.min_area = {id2label[c]: pixels for c, pixels in fitted.items()}
+    before = dice_per_pair(predicted, truth, len(id2label)).mean()
+    return {"mean_dice_before": float(before), "mean_dice_after": float(dice.mean()), **model.config.min_area}
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, recipe, training_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
@@ -440,11 +465,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         sample_weights=weights,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
+    tuned = None
+    if trainer.is_world_process_zero():
+        tuned = record_min_areas(trainer.model, data.splits["validation"], data.id2label)
+        print(f"minimum areas fitted on validation: {tuned}", flush=True)
     trainer.save_model()
     processor.save_pretrained(training_args.output_dir)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
     metrics = trainer.evaluate()
+    if tuned is not None:
+        metrics["eval_mean_dice_with_min_area"] = tuned["mean_dice_after"]
     if trainer.is_world_process_zero():
         trainer.save_metrics("eval", metrics)
         out = Path(training_args.output_dir)

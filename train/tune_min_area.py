@@ -1,0 +1,63 @@
+"""Fit a trained segmenter's per-class minimum areas on its validation split, into its config.
+
+    python -m train.tune_min_area build/runs/steel-segformer --data_dir data/steel --seed 0
+
+``train.semantic_segmentation`` does this at the end of every run; this command does it for a
+checkpoint trained before, or on other validation data. Give the same ``--seed`` and
+``--validation_fraction`` as the training run so that the images are the held-out ones.
+``pipelines/segmentation.py`` clears a class whose mask is smaller than its minimum.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+from common.checkpoints import ModelLoadError, load_pretrained
+from train import semantic_segmentation as train_seg
+from train.classification_data import DataError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.tune_min_area", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model", help="segmentation checkpoint directory (its config.json is updated)")
+    parser.add_argument("--data_dir", help="Kaggle layout, as given to training")
+    parser.add_argument("--mask_dir", help="images/ + masks/ folders, as given to training")
+    parser.add_argument("--validation_fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=42, help="the training run's --seed")
+    parser.add_argument("--resize_to", help="as given to training, if it was")
+    args = parser.parse_args(argv)
+    model_dir = Path(args.model)
+    try:
+        data_args = train_seg.DataArguments(
+            data_dir=args.data_dir,
+            mask_dir=args.mask_dir,
+            validation_fraction=args.validation_fraction,
+            resize_to=args.resize_to,
+        )
+        data = train_seg.load_data(data_args, args.seed)
+        model = load_pretrained(AutoModelForSemanticSegmentation, str(model_dir), dtype=torch.float32)
+        processor = load_pretrained(AutoImageProcessor, str(model_dir))
+    except (DataError, ModelLoadError, ValueError) as error:
+        parser.exit(2, f"error: {error}\n")
+    if {int(k): v for k, v in model.config.id2label.items()} != data.id2label:
+        parser.exit(2, f"error: the model's classes {model.config.id2label} are not the data's {data.id2label}.\n")
+    _, evaluate = train_seg.joint_transforms(processor, data_args.crop, data_args.resize)
+    data.splits["validation"].set_transform(evaluate)
+    tuned = train_seg.record_min_areas(model, data.splits["validation"], data.id2label)
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["min_area"] = model.config.min_area
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(tuned, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
