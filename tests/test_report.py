@@ -13,6 +13,7 @@ from train.report import (
     plot_misclassified,
     plot_reliability_diagram,
     plot_training_curves,
+    set_card_section,
     write_model_card,
 )
 
@@ -164,3 +165,52 @@ def test_model_card_without_calibration_or_command(tmp_path):
     assert metadata["metrics"] == ["accuracy"]
     assert "Not calibrated" in body
     assert "not recorded" in body
+
+
+def _card(tmp_path, **overrides):
+    arguments = dict(
+        title="t",
+        base_model="b0",
+        dataset="data/steel",
+        hyperparameters={},
+        metrics={"eval_mean_dice": 0.9},
+        class_names=["background", "pitting"],
+        calibration=None,
+        intended_use="Testing.",
+        limitations=[],
+        command=None,
+    )
+    return write_model_card(tmp_path, **{**arguments, **overrides})
+
+
+def test_segmentation_card_is_tagged_and_describes_post_processing_not_calibration(tmp_path):
+    path = _card(tmp_path, task="image-segmentation", postprocessing="Regions under 200 px are dropped.")
+    metadata, body = _read_card(path)
+    assert metadata["tags"] == ["image-segmentation", "vispect"]
+    assert "fine-tuned for semantic segmentation into 2 classes" in body
+    assert "## Post-processing\n\nRegions under 200 px are dropped." in body
+    assert "Calibration" not in body and "softmax" not in body
+
+
+def test_unknown_task_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="image-segmentation"):
+        _card(tmp_path, task="detection")
+
+
+def test_multi_label_card_lists_each_class_threshold(tmp_path):
+    _, body = _read_card(_card(tmp_path, calibration={"multi_label_thresholds": {"pitting": 0.2, "crazing": 0.5}}))
+    assert "| pitting | 0.2 |" in body and "| crazing | 0.5 |" in body
+    assert "Not calibrated" not in body
+
+
+def test_set_card_section_replaces_in_place_or_appends(tmp_path):
+    path = _card(tmp_path)
+    assert set_card_section(path, "Evaluation", "Measured again: 0.95.")
+    assert set_card_section(path, "Export", "Cast to float16.")
+    assert set_card_section(path, "Export", "Cast to bfloat16.")
+    _, body = _read_card(path)
+    headings = [line for line in body.splitlines() if line.startswith("## ")]
+    assert headings[-3:] == ["## Calibration and open-set rejection", "## Limitations", "## Export"]
+    assert "Measured again: 0.95.\n\n## Calibration" in body and "eval_mean_dice | 0.9" not in body
+    assert body.rstrip().endswith("Cast to bfloat16.") and "float16." not in body.replace("bfloat16.", "")
+    assert not set_card_section(tmp_path / "missing.md", "Export", "x")

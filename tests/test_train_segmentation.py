@@ -50,6 +50,8 @@ def test_severstal_dice_counts_empty_pairs_as_perfect():
     metrics = segmentation_metrics(predicted, truth, ID2LABEL)
     assert metrics["mean_dice"] == pytest.approx((7 + 2 / 3) / 8)
     assert metrics["mean_dice_defective_images"] == pytest.approx((3 + 2 / 3) / 4)
+    assert metrics["mean_dice_present_defects"] == pytest.approx(2 / 3)  # the one pair with a defect
+    assert segmentation_metrics(np.zeros_like(truth), truth, ID2LABEL)["mean_dice_present_defects"] == 0
 
 
 def test_ignored_pixels_are_not_scored():
@@ -73,6 +75,9 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     assert config["inference_resize"] == [32, 160]
     assert set(config["min_area"]) == {"pitting", "crazing", "scratches", "patches"}  # fitted on validation
     assert 0 <= metrics["eval_mean_dice_with_min_area"] <= 1
+    card = (out / "README.md").read_text()
+    assert "image-segmentation" in card and "## Post-processing" in card
+    assert f"- pitting: {config['min_area']['pitting']} px" in card
     segmenter = DefectSegmenter.from_pretrained(out)
     assert segmenter.resize_to == (32, 160)
     assert segmenter.tuned_min_area == config["min_area"]
@@ -82,6 +87,8 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "min_area"}))
     assert tune_main([str(out), "--data_dir", str(steel), "--seed", "42", "--resize_to", "32x160"]) == 0
     assert json.loads((out / "config.json").read_text())["min_area"] == config["min_area"]  # same split, same fit
+    card = (out / "README.md").read_text()
+    assert card.count("## Post-processing") == 1 and "python -m train.tune_min_area" in card
     from PIL import Image
 
     result = segmenter.segment(Image.new("RGB", (320, 64), (120, 120, 120)))

@@ -205,7 +205,7 @@ def write_report(
         hyperparameters=hyperparameters,
         metrics={k: v for k, v in final.items() if isinstance(v, (int, float))},
         class_names=names,
-        calibration=None
+        calibration={"multi_label_thresholds": dict(zip(names, map(float, thresholds), strict=True))}
         if labeled.multi_label
         else {
             "temperature": temperature,
@@ -217,7 +217,8 @@ def write_report(
         intended_use=f"Classify images into: {', '.join(names[:20])}{' ...' if len(names) > 20 else ''}.",
         limitations=[
             "Trained and evaluated only on the data named above; expect lower accuracy on images that look different.",
-            "Confidences are calibrated on the validation split; recalibrate after a change of camera or lighting.",
+            ("Thresholds" if labeled.multi_label else "Confidences")
+            + " are fitted on the validation split; refit them after a change of camera or lighting.",
         ],
         command=command,
     )

@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from train import report
+
 WEIGHTS = "model.safetensors"
 # Everything a served checkpoint needs or shows; anything else in a run directory is training state.
 KEPT_SUFFIXES = (".json", ".png", ".csv", ".md", ".txt")
@@ -56,6 +58,8 @@ def export(source: Path, destination: Path, dtype: str = "float16", overwrite: b
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_file(cast, staging / WEIGHTS, metadata={"format": "pt"})
+    # safetensors writes the file owner-only; a model meant to be shipped is readable by all.
+    (staging / WEIGHTS).chmod(0o644)
     for path in sorted(source.iterdir()):
         if path.is_file() and path.suffix in KEPT_SUFFIXES and path.name not in SKIPPED_NAMES:
             shutil.copy2(path, staging / path.name)
@@ -75,16 +79,14 @@ def export(source: Path, destination: Path, dtype: str = "float16", overwrite: b
     }
 
 
-def append_export_note(card: Path, command: str, dtype: str, weights_bytes: int) -> None:
-    """Add how the shipped weights were made to the model card (when there is one)."""
-    if not card.is_file():
-        return
-    note = (
-        f"\n## Export\n\nThe weights here are the trained model's cast to {dtype} "
-        f"({weights_bytes / 2**20:.1f} MiB); the pipelines load them as float32. Made with:\n\n"
-        f"```bash\n{command}\n```\n"
+def note_export(card: Path, command: str, dtype: str, weights_bytes: int) -> None:
+    """Say in the model card (when there is one) how the shipped weights were made."""
+    report.set_card_section(
+        card,
+        "Export",
+        f"The weights here are the trained model's cast to {dtype} ({weights_bytes / 2**20:.1f} MiB); "
+        f"the pipelines load them as float32. Made with:\n\n```bash\n{command}\n```",
     )
-    card.write_text(card.read_text().rstrip("\n") + "\n" + note)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -99,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as error:
         parser.exit(2, f"error: {error}\n")
     command = " ".join(["python -m train.export", *(sys.argv[1:] if argv is None else argv)])
-    append_export_note(Path(args.destination) / "README.md", command, args.dtype, result["bytes"])
+    note_export(Path(args.destination) / "README.md", command, args.dtype, result["bytes"])
     print(
         f"wrote {args.destination}: {result['cast']} of {result['tensors']} tensors in {args.dtype}, "
         f"weights {result['bytes'] / 2**20:.1f} MiB"

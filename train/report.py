@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -237,6 +238,8 @@ def write_model_card(
     intended_use: str,
     limitations: Sequence[str],
     command: str | None,
+    task: str = "image-classification",
+    postprocessing: str | None = None,
 ) -> Path:
     """Write a Hugging Face model card (``README.md``) with YAML metadata for the Hub.
 
@@ -252,16 +255,20 @@ def write_model_card(
         intended_use: What the model is for, in a sentence or two.
         limitations: Known limitations, one per bullet.
         command: The command line that reproduces the run, or None if unknown.
+        task: ``"image-classification"`` or ``"image-segmentation"``; sets the Hub tag and the wording.
+        postprocessing: For a segmenter, what is done to its masks (it has no calibration section).
 
     Returns:
         The path written.
     """
+    if task not in _TASK_WORDS:
+        raise ValueError(f"task must be one of {sorted(_TASK_WORDS)}, got {task!r}")
     path = Path(path)
     if path.is_dir():
         path = path / "README.md"
     metadata = {
         "library_name": "transformers",
-        "tags": ["image-classification", "vispect"],
+        "tags": [task, "vispect"],
         "base_model": base_model,
         "datasets": [dataset],
         "metrics": list(metrics),
@@ -269,7 +276,7 @@ def write_model_card(
     sections = [
         "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---",
         f"# {title}",
-        f"## Model description\n\n`{base_model}` fine-tuned for image classification into {len(class_names)} classes.",
+        f"## Model description\n\n`{base_model}` fine-tuned for {_TASK_WORDS[task]} into {len(class_names)} classes.",
         f"## Intended use\n\n{intended_use}",
         f"## Training data\n\nDataset: `{dataset}`. Classes, in id order:\n\n"
         + "\n".join(f"{class_id}. {name}" for class_id, name in enumerate(class_names)),
@@ -278,7 +285,9 @@ def write_model_card(
         + "\n\nTo reproduce:\n\n"
         + (f"```bash\n{command}\n```" if command else "The command line was not recorded."),
         "## Evaluation\n\n" + (_markdown_table(("metric", "value"), metrics.items()) if metrics else "Not evaluated."),
-        "## Calibration and open-set rejection\n\n" + _describe_calibration(calibration),
+        "## Post-processing\n\n" + (postprocessing or "None.")
+        if task == "image-segmentation"
+        else "## Calibration and open-set rejection\n\n" + _describe_calibration(calibration),
         "## Limitations\n\n" + ("\n".join(f"- {item}" for item in limitations) or "None recorded."),
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +295,38 @@ def write_model_card(
     return path
 
 
+def set_card_section(card: str | os.PathLike, heading: str, body: str) -> bool:
+    """Replace the body of the card's ``## heading`` section, or append the section.
+
+    Used by steps after training (export, refitting) so the card keeps saying how the files
+    beside it were made. Returns False (and writes nothing) when there is no card.
+    """
+    card = Path(card)
+    if not card.is_file():
+        return False
+    text = card.read_text(encoding="utf-8").rstrip("\n") + "\n"
+    section = f"## {heading}\n\n{body.strip()}\n"
+    match = re.search(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", text, flags=re.M | re.S)
+    if match:
+        following = "\n" if match.end() < len(text) else ""
+        text = text[: match.start()] + section + following + text[match.end() :]
+    else:
+        text += "\n" + section
+    card.write_text(text, encoding="utf-8")
+    return True
+
+
+_TASK_WORDS = {"image-classification": "image classification", "image-segmentation": "semantic segmentation"}
+
+
 def _describe_calibration(calibration: dict[str, Any] | None) -> str:
+    if calibration is not None and set(calibration) == {"multi_label_thresholds"}:
+        return (
+            "Multi-label: each class gets its own sigmoid score and is reported present when the score "
+            "reaches its threshold, fitted per class on the validation split (best F1) and stored in "
+            "`calibration.json` next to the weights.\n\n"
+            + _markdown_table(("class", "threshold"), calibration["multi_label_thresholds"].items())
+        )
     if calibration is None:
         return (
             "Not calibrated: scores are the raw softmax output, which is usually over-confident, "

@@ -53,6 +53,7 @@ from PIL import Image
 from common.image_io import SUPPORTED_FORMATS
 from common.rle import RLEError, rle_decode, rle_runs
 from train.classification_data import DataError
+from train.classification_data import image_source as cell_source
 
 NUM_DEFECT_CLASSES = 4
 IMAGE = "image"
@@ -665,6 +666,14 @@ def _looks_like_jpeg(source: object) -> bool:
     if isinstance(source, (bytes, bytearray)):
         return bytes(source[:3]) == b"\xff\xd8\xff"
     return isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in (".jpg", ".jpeg")
+
+
+def image_source(example: dict) -> object:
+    """What ``load_image`` reads for a standardised row: its image path, bytes or PIL image.
+
+    Kaggle and folder rows hold a path string; hub rows an undecoded ``{"path", "bytes"}`` cell.
+    """
+    return cell_source(example[IMAGE])
 
 
 def describe_cell(cell: object, fallback: str) -> str:

@@ -20,6 +20,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from common.checkpoints import ModelLoadError, load_pretrained
+from train import report
 from train import semantic_segmentation as train_seg
 from train.classification_data import DataError
 
@@ -55,6 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = json.loads(config_path.read_text())
     config["min_area"] = model.config.min_area
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    command = " ".join(["python -m train.tune_min_area", *(sys.argv[1:] if argv is None else argv)])
+    report.set_card_section(
+        model_dir / "README.md",
+        "Post-processing",
+        train_seg.describe_min_areas(tuned) + f"\n\nFitted with:\n\n```bash\n{command}\n```",
+    )
     print(json.dumps(tuned, indent=2))
     return 0
 
