@@ -22,10 +22,12 @@ MAX_TOTAL_BYTES = 25 * 2**20
 # Steel images drawn with a seed that neither training (seed 0) nor the benchmark (seed 1) uses.
 FRESH_SEED = 20261122
 FRESH_N = 24
-# Floors a little under what the committed pair scores on these images (see the model cards
-# and bench/segmentation.py for the 100-image held-out figures behind the goals).
-MIN_MEAN_DICE = 0.88
-MIN_DEFECTIVE_IMAGE_DICE = 0.65
+# Floors under what the committed pair scores on these 24 images (0.941, 0.882 and 0.595 when
+# the models were committed); the 100-image held-out figures behind the goals (0.90 and
+# 0.70) are in models/steel-segformer/README.md and come from bench/segmentation.py.
+MIN_MEAN_DICE = 0.90
+MIN_DEFECTIVE_IMAGE_DICE = 0.80
+MIN_PRESENT_DEFECT_DICE = 0.50  # an all-empty answer scores 0 here
 
 
 @pytest.mark.parametrize("directory", [SEGMENTER, STAGE1], ids=["segmenter", "stage1"])
@@ -54,7 +56,7 @@ def fresh_steel(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fresh-steel")
     write_steel(folder, n=FRESH_N, seed=FRESH_SEED)
     data = seg.load_kaggle(folder).splits["train"].with_format(None)
-    images = [example[seg.IMAGE]["path"] for example in data]
+    images = [seg.image_source(example) for example in data]
     truth = np.stack([seg.decode_mask(example) for example in data])
     return images, truth
 
@@ -69,3 +71,4 @@ def test_two_stage_demo_pair_reaches_the_dice_floor_on_fresh_images(fresh_steel)
     assert scores["mean_dice"] >= MIN_MEAN_DICE, report
     assert scores["mean_dice"] > empty["mean_dice"] + 0.03, report  # clearly better than answering "no defects"
     assert scores["mean_dice_defective_images"] >= MIN_DEFECTIVE_IMAGE_DICE, report
+    assert scores["mean_dice_present_defects"] >= MIN_PRESENT_DEFECT_DICE, report
