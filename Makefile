@@ -34,6 +34,7 @@ bench: venv
 
 bench-explain: venv
 	$(PY) -m bench.explanation $(ARGS)
+	$(PY) -m bench.defect_explanation
 
 # Fine-tunes the default model: digits (fp32, then bf16) and parts; see bench/train_classification.py.
 bench-train: venv

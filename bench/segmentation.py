@@ -25,12 +25,13 @@ import numpy as np
 
 from bench.common import latency_stats, machine_info, time_round_robin
 from common.image_io import load_image
+from pipelines.registry import PROJECT_MODELS_DIR
 from pipelines.segmentation import DefectSegmenter
 from train import segmentation_data as seg
 from train.segmentation_metrics import segmentation_metrics
 from train.synthetic_steel import write_steel
 
-RESULTS = Path("bench/results")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def held_out_set(root: Path, n: int, seed: int) -> seg.SegmentationData:
@@ -60,8 +61,10 @@ def all_empty_score(data: seg.SegmentationData, id2label: dict[int, str]) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.segmentation", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="models/steel-segformer", help="segmentation checkpoint")
-    parser.add_argument("--stage1", default="models/steel-stage1", help="stage-1 multi-label classifier")
+    parser.add_argument("--model", default=str(PROJECT_MODELS_DIR / "steel-segformer"), help="segmentation checkpoint")
+    parser.add_argument(
+        "--stage1", default=str(PROJECT_MODELS_DIR / "steel-stage1"), help="stage-1 multi-label classifier"
+    )
     parser.add_argument("--n", type=int, default=100, help="held-out images to generate and score")
     parser.add_argument("--seed", type=int, default=1, help="held-out seed (the demo models trained on seed 0)")
     parser.add_argument("--rounds", type=int, default=10, help="latency rounds per variant")
