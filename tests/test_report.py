@@ -147,26 +147,6 @@ def test_model_card_has_metadata_metrics_and_sections(tmp_path):
     ]
 
 
-def test_model_card_without_calibration_or_command(tmp_path):
-    path = write_model_card(
-        tmp_path / "card.md",
-        title="t",
-        base_model="local/model",
-        dataset="d",
-        hyperparameters={},
-        metrics={"accuracy": 0.5},
-        class_names=["a", "b"],
-        calibration=None,
-        intended_use="Testing.",
-        limitations=[],
-        command=None,
-    )
-    metadata, body = _read_card(path)
-    assert metadata["metrics"] == ["accuracy"]
-    assert "Not calibrated" in body
-    assert "not recorded" in body
-
-
 def _card(tmp_path, **overrides):
     arguments = dict(
         title="t",
@@ -181,6 +161,13 @@ def _card(tmp_path, **overrides):
         command=None,
     )
     return write_model_card(tmp_path, **{**arguments, **overrides})
+
+
+def test_model_card_without_calibration_or_command(tmp_path):
+    metadata, body = _read_card(_card(tmp_path / "card.md", metrics={"accuracy": 0.5}))
+    assert metadata["metrics"] == ["accuracy"]
+    assert "Not calibrated" in body
+    assert "not recorded" in body
 
 
 def test_segmentation_card_is_tagged_and_describes_post_processing_not_calibration(tmp_path):
