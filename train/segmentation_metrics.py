@@ -44,10 +44,10 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, id2label: dic
     """Severstal mean Dice (and per class), Dice over defective images, mean IoU, pixel accuracy."""
     num_classes = len(id2label)
     dice = dice_per_pair(predicted, truth, num_classes)
-    defective = (np.isin(truth, np.arange(1, num_classes))).reshape(len(truth), -1).any(1)
+    present = _classes_present(truth, num_classes)
+    defective = present.any(1)
     metrics = {"mean_dice": float(dice.mean())}
     metrics["mean_dice_defective_images"] = float(dice[defective].mean()) if defective.any() else float("nan")
-    present = _classes_present(truth, num_classes)
     metrics["mean_dice_present_defects"] = float(dice[present].mean()) if present.any() else float("nan")
     for c in range(1, num_classes):
         metrics[f"dice_{id2label[c]}"] = float(dice[:, c - 1].mean())
