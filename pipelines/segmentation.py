@@ -231,12 +231,20 @@ class DefectSegmenter:
         self._resample = Image.Resampling[geometry.interpolation.upper()]
         self.stage1 = stage1
         self._stage1_columns, self._stage1_thresholds = self._match_stage1(stage1) if stage1 else ([], [])
-        # Per-class minimum areas fitted on validation by the training script (config "min_area").
-        self.tuned_min_area: dict[str, int] = dict(getattr(model.config, "min_area", None) or {})
-        try:
-            self.min_areas(self.tuned_min_area)
-        except ValueError as error:
-            raise ModelLoadError(f"Segmentation model '{source}' has a bad min_area in its config: {error}") from error
+        # Per-class minimum areas fitted on validation: "min_area" by the training script for the
+        # segmenter alone, "min_area_two_stage" by train.tune_min_area --stage1. Stage 1 already
+        # clears most false alarms on clean images, so the two-stage set is smaller; it applies
+        # whenever a stage 1 is attached and the config has one.
+        self.tuned_min_area: dict[str, int] = {}
+        self.min_area_key: str | None = None  # the config key tuned_min_area came from
+        for key in ("min_area", "min_area_two_stage"):
+            areas = dict(getattr(model.config, key, None) or {})
+            try:
+                self.min_areas(areas)
+            except ValueError as error:
+                raise ModelLoadError(f"Segmentation model '{source}' has a bad {key} in its config: {error}") from error
+            if areas and (key == "min_area" or stage1 is not None):
+                self.tuned_min_area, self.min_area_key = areas, key
 
     @classmethod
     def from_pretrained(
@@ -533,6 +541,7 @@ class DefectSegmenter:
             },
             "stage1": stage1,
             "min_area": self.tuned_min_area,
+            "min_area_from": self.min_area_key,
         }
 
 

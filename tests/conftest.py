@@ -141,3 +141,28 @@ def tiny_segformer_config(id2label: dict[int, str]):
         id2label=id2label,
         label2id={name: i for i, name in id2label.items()},
     )
+
+
+def save_tiny_stage1(directory, labels, biases):
+    """A multi-label ViT stage 1 whose sigmoid outputs are ``sigmoid(bias)`` whatever the image."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = ViTConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+    model = ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(biases, dtype=torch.float32))
+    model.save_pretrained(directory)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
+    return directory

@@ -23,6 +23,7 @@ from pipelines.segmentation import (
     submission_rows,
     write_submission,
 )
+from tests.conftest import save_tiny_stage1
 
 DEFECTS = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
 # Stage 1 lists the same defects in another order: they are matched by name, not position.
@@ -41,31 +42,6 @@ def _save_segformer(directory, id2label=DEFECTS, image_mean=(0.5, 0.4, 0.3)):
     return directory
 
 
-def _save_stage1(directory, labels, biases):
-    """A multi-label ViT whose sigmoid outputs are ``sigmoid(bias)`` whatever the image."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
-
-    torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        problem_type="multi_label_classification",
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
-    model = ViTForImageClassification(config)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        model.classifier.bias.copy_(torch.tensor(biases, dtype=torch.float32))
-    model.save_pretrained(directory)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def segformer_dir(tmp_path_factory):
     return _save_segformer(tmp_path_factory.mktemp("tiny-segformer"))
@@ -74,7 +50,7 @@ def segformer_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage1_dir(tmp_path_factory):
     """Stage 1 says scratches are absent (sigmoid(-20) ~ 0) and every other defect present."""
-    return _save_stage1(tmp_path_factory.mktemp("stage1"), STAGE1_ORDER, [-20.0, 5.0, 5.0, 5.0])
+    return save_tiny_stage1(tmp_path_factory.mktemp("stage1"), STAGE1_ORDER, [-20.0, 5.0, 5.0, 5.0])
 
 
 def _random_image(height, width, seed=0):
@@ -208,7 +184,7 @@ def test_stage1_removes_the_classes_it_rules_out(segformer_dir, stage1_dir):
 
 
 def test_stage1_uses_its_calibrated_thresholds(segformer_dir, tmp_path):
-    stage1 = _save_stage1(tmp_path / "stage1", STAGE1_ORDER, [5.0, 5.0, 5.0, 5.0])  # all at sigmoid(5) = 0.993
+    stage1 = save_tiny_stage1(tmp_path / "stage1", STAGE1_ORDER, [5.0, 5.0, 5.0, 5.0])  # all at sigmoid(5) = 0.993
     thresholds = {"scratches": 0.5, "patches": 0.999, "pitting": 0.5, "crazing": 0.5}
     (stage1 / "calibration.json").write_text(json.dumps({"multi_label_thresholds": list(thresholds.values())}))
     segmenter = DefectSegmenter.from_pretrained(segformer_dir, stage1=stage1)
@@ -219,7 +195,7 @@ def test_stage1_uses_its_calibrated_thresholds(segformer_dir, tmp_path):
 
 
 def test_stage1_with_other_class_names_is_refused(segformer_dir, tmp_path, tiny_vit_dir):
-    stage1 = _save_stage1(tmp_path / "stage1", ["pitting", "crazing", "scratches", "dents"], [0.0] * 4)
+    stage1 = save_tiny_stage1(tmp_path / "stage1", ["pitting", "crazing", "scratches", "dents"], [0.0] * 4)
     with pytest.raises(ModelLoadError, match=r"'dents'.*'patches'"):
         DefectSegmenter.from_pretrained(segformer_dir, stage1=stage1)
     with pytest.raises(ModelLoadError, match="single-label"):
@@ -261,6 +237,25 @@ def test_min_areas_tuned_in_training_apply_by_default(segformer_dir, tmp_path):
     (tuned_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="bad min_area.*dents"):
         DefectSegmenter.from_pretrained(tuned_dir)
+
+
+def test_two_stage_minimum_areas_apply_only_with_a_stage1(segformer_dir, stage1_dir, tmp_path):
+    import shutil
+
+    tuned_dir = shutil.copytree(segformer_dir, tmp_path / "tuned")
+    config = json.loads((tuned_dir / "config.json").read_text())
+    config.update(min_area={"pitting": 500, "patches": 900}, min_area_two_stage={"pitting": 7, "patches": 0})
+    (tuned_dir / "config.json").write_text(json.dumps(config))
+    alone = DefectSegmenter.from_pretrained(tuned_dir)
+    assert alone.min_areas(None) == [0, 500, 0, 0, 900] and alone.describe()["min_area_from"] == "min_area"
+    two_stage = DefectSegmenter.from_pretrained(tuned_dir, stage1=stage1_dir)
+    assert two_stage.min_areas(None) == [0, 7, 0, 0, 0]
+    assert two_stage.describe()["min_area_from"] == "min_area_two_stage"
+    assert two_stage.min_area_at_least(10) == {1: 10, 2: 10, 3: 10, 4: 10}
+    config["min_area_two_stage"] = {"dents": 3}
+    (tuned_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match="bad min_area_two_stage.*dents"):
+        DefectSegmenter.from_pretrained(tuned_dir)  # refused even without stage 1: the file is wrong
 
 
 def test_bad_options_and_unreadable_images_get_clear_errors(segformer_dir, tmp_path):

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from pipelines.segmentation import DefectSegmenter
+from tests.conftest import save_tiny_stage1
 from train import semantic_segmentation as train_seg
 from train.defect_presence import main as presence_main
-from train.segmentation_metrics import IGNORE_INDEX, dice_per_pair, segmentation_metrics
+from train.segmentation_metrics import IGNORE_INDEX, clear_ruled_out, dice_per_pair, segmentation_metrics
 from train.synthetic_steel import write_steel
 
 ID2LABEL = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
@@ -89,11 +90,33 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     assert json.loads((out / "config.json").read_text())["min_area"] == config["min_area"]  # same split, same fit
     card = (out / "README.md").read_text()
     assert card.count("## Post-processing") == 1 and "python -m train.tune_min_area" in card
+
+    # Stage 1 says patches are absent (sigmoid(-20)) and the rest present: the two-stage set is fitted too.
+    stage1 = save_tiny_stage1(tmp_path / "stage1", ["patches", "pitting", "crazing", "scratches"], [-20, 5, 5, 5])
+    args = [str(out), "--data_dir", str(steel), "--seed", "42", "--resize_to", "32x160", "--stage1", str(stage1)]
+    assert tune_main(args) == 0
+    tuned = json.loads((out / "config.json").read_text())
+    assert tuned["min_area"] == config["min_area"]
+    assert set(tuned["min_area_two_stage"]) == {"pitting", "crazing", "scratches", "patches"}
+    assert "min_area_two_stage" in (out / "README.md").read_text()
+    assert DefectSegmenter.from_pretrained(out, stage1=stage1).tuned_min_area == tuned["min_area_two_stage"]
+    wrong = save_tiny_stage1(tmp_path / "wrong", ["patches", "pitting", "crazing", "dents"], [0, 0, 0, 0])
+    with pytest.raises(SystemExit) as refused:
+        tune_main([*args[:-1], str(wrong)])
+    assert refused.value.code == 2
     from PIL import Image
 
     result = segmenter.segment(Image.new("RGB", (320, 64), (120, 120, 120)))
     assert result.label_map.shape == (64, 320)
     assert [region.label for region in result.regions] == ["pitting", "crazing", "scratches", "patches"]
+
+
+def test_clear_ruled_out_removes_a_class_only_where_stage1_says_absent():
+    predicted = np.array([[[1, 2], [2, 0]], [[1, 2], [0, 0]]], dtype=np.uint8)
+    present = np.array([[True, False], [True, True]])  # class 2 absent in image 0 only
+    cleared = clear_ruled_out(predicted, present)
+    assert cleared.tolist() == [[[1, 0], [0, 0]], [[1, 2], [0, 0]]]
+    assert predicted[0, 0, 1] == 2  # the input is left as it was
 
 
 def test_soft_dice_is_zero_for_a_perfect_answer():

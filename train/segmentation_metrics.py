@@ -63,6 +63,19 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, id2label: dic
     return metrics
 
 
+def clear_ruled_out(predicted: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """``predicted`` with each class set to background in the images where ``present`` says it is absent.
+
+    Args:
+        predicted: class-index maps ``(N, H, W)``.
+        present: ``(N, num_classes - 1)`` booleans, e.g. a stage-1 classifier's verdicts.
+    """
+    cleared = np.array(predicted, copy=True)
+    for c in range(1, present.shape[1] + 1):
+        cleared[(cleared == c) & ~present[:, c - 1, None, None]] = 0
+    return cleared
+
+
 # Pixel counts tried for each class's minimum area (Severstal winners tuned these per class
 # on validation to clear small false positives on clean images).
 MIN_AREA_CANDIDATES = (0, 50, 100, 200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400, 8000, 10000, 12800)

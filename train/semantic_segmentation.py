@@ -277,18 +277,32 @@ def joint_transforms(
     return apply(train), apply(evaluate)
 
 
-def describe_min_areas(tuned: dict | None) -> str:
-    """The model card's post-processing text for the minimum areas ``record_min_areas`` fitted."""
+def describe_min_areas(tuned: dict | None, two_stage: dict | None = None, stage1: str | None = None) -> str:
+    """The model card's post-processing text for the minimum areas ``record_min_areas`` fitted.
+
+    ``two_stage`` is the set fitted with the stage-1 classifier ``stage1``, if one was.
+    """
     if not tuned:
         return "No minimum areas were fitted: every predicted region is kept."
-    areas = {name: pixels for name, pixels in tuned.items() if not name.startswith("mean_dice")}
-    return (
+    text = (
         "Per defect class, regions smaller than a minimum area (pixels at the image's resolution) are "
         "dropped; the areas were fitted on the validation split to maximise mean Dice and are stored "
         "as `min_area` in `config.json`, where the pipeline and the app read them. Mean Dice on "
         f"validation went from {tuned['mean_dice_before']:.4f} to {tuned['mean_dice_after']:.4f}.\n\n"
-        + "\n".join(f"- {name}: {pixels} px" for name, pixels in areas.items())
+        + _area_lines(tuned)
     )
+    if two_stage:
+        text += (
+            "\n\nWith a stage-1 classifier the pipeline uses `min_area_two_stage` instead, fitted the same "
+            f"way after clearing the classes that `{stage1}` rules out; two-stage mean Dice on validation "
+            f"went from {two_stage['mean_dice_before']:.4f} to {two_stage['mean_dice_after']:.4f}.\n\n"
+            + _area_lines(two_stage)
+        )
+    return text
+
+
+def _area_lines(tuned: dict) -> str:
+    return "\n".join(f"- {name}: {pixels} px" for name, pixels in tuned.items() if not name.startswith("mean_dice"))
 
 
 def collate(examples):
@@ -423,16 +437,20 @@ def validation_label_maps(model, split) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(predicted), np.stack(truth)
 
 
-def record_min_areas(model, split, id2label: dict[int, str]) -> dict[str, float]:
-    """Fit per-class minimum areas on ``split`` and record them in ``model.config.min_area``.
+def record_min_areas(
+    model, predicted: np.ndarray, truth: np.ndarray, id2label: dict[int, str], key: str = "min_area"
+) -> dict[str, float]:
+    """Fit per-class minimum areas on validation maps and record them in ``model.config.<key>``.
 
-    ``pipelines/segmentation.py`` applies them by default. Returns mean Dice before and after.
+    ``key`` is ``min_area`` for the segmenter alone and ``min_area_two_stage`` for maps whose
+    classes ruled out by stage 1 were already cleared; ``pipelines/segmentation.py`` applies
+    the one that matches how it runs. Returns mean Dice before and after.
     """
-    predicted, truth = validation_label_maps(model, split)
     fitted, dice = fit_min_areas(predicted, truth, len(id2label))
-    model.config.min_area = {id2label[c]: pixels for c, pixels in fitted.items()}
+    areas = {id2label[c]: pixels for c, pixels in fitted.items()}
+    setattr(model.config, key, areas)
     before = dice_per_pair(predicted, truth, len(id2label)).mean()
-    return {"mean_dice_before": float(before), "mean_dice_after": float(dice.mean()), **model.config.min_area}
+    return {"mean_dice_before": float(before), "mean_dice_after": float(dice.mean()), **areas}
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -474,7 +492,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     result = trainer.train(resume_from_checkpoint=resume_from)
     tuned = None
     if trainer.is_world_process_zero():
-        tuned = record_min_areas(trainer.model, data.splits["validation"], data.id2label)
+        predicted, truth = validation_label_maps(trainer.model, data.splits["validation"])
+        tuned = record_min_areas(trainer.model, predicted, truth, data.id2label)
         print(f"minimum areas fitted on validation: {tuned}", flush=True)
     trainer.save_model()
     processor.save_pretrained(training_args.output_dir)

@@ -6,6 +6,11 @@
 checkpoint trained before, or on other validation data. Give the same ``--seed`` and
 ``--validation_fraction`` as the training run so that the images are the held-out ones.
 ``pipelines/segmentation.py`` clears a class whose mask is smaller than its minimum.
+
+With ``--stage1 DIR`` a second set is fitted for the two-stage pipeline (``min_area_two_stage``):
+on the maps after the classes that stage 1 rules out are cleared. Stage 1 already removes
+most false alarms on clean images, so these minimums come out smaller, and the pipeline uses
+them whenever it runs with a stage-1 classifier.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
 from common.checkpoints import ModelLoadError, load_pretrained
 from train import report
+from train import segmentation_data as seg
 from train import semantic_segmentation as train_seg
 from train.classification_data import DataError
+from train.segmentation_metrics import clear_ruled_out
+from train.stage1_presence import Stage1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--validation_fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=42, help="the training run's --seed")
     parser.add_argument("--resize_to", help="as given to training, if it was")
+    parser.add_argument("--stage1", help="stage-1 classifier: also fit the two-stage pipeline's minimum areas")
     args = parser.parse_args(argv)
     model_dir = Path(args.model)
     try:
@@ -49,18 +58,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     if {int(k): v for k, v in model.config.id2label.items()} != data.id2label:
         parser.exit(2, f"error: the model's classes {model.config.id2label} are not the data's {data.id2label}.\n")
+    try:  # before the long pass over the validation images
+        stage1 = Stage1(args.stage1, [data.id2label[c] for c in sorted(data.id2label) if c]) if args.stage1 else None
+    except (DataError, ModelLoadError) as error:
+        parser.exit(2, f"error: {error}\n")
     _, evaluate = train_seg.joint_transforms(processor, data_args.crop, data_args.resize)
     data.splits["validation"].set_transform(evaluate)
-    tuned = train_seg.record_min_areas(model, data.splits["validation"], data.id2label)
+    predicted, truth = train_seg.validation_label_maps(model, data.splits["validation"])
+    tuned = train_seg.record_min_areas(model, predicted, truth, data.id2label)
+    description = train_seg.describe_min_areas(tuned)
+    if stage1 is not None:
+        images = [seg.image_source(example) for example in data.splits["validation"].with_format(None)]
+        cleared = clear_ruled_out(predicted, stage1.presence(images))
+        tuned = {"segmenter_alone": tuned, "two_stage": train_seg.record_min_areas(
+            model, cleared, truth, data.id2label, key="min_area_two_stage")}  # fmt: skip
+        description = train_seg.describe_min_areas(tuned["segmenter_alone"], tuned["two_stage"], args.stage1)
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text())
-    config["min_area"] = model.config.min_area
+    for key in ("min_area", "min_area_two_stage"):
+        if hasattr(model.config, key):
+            config[key] = getattr(model.config, key)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     command = " ".join(["python -m train.tune_min_area", *(sys.argv[1:] if argv is None else argv)])
     report.set_card_section(
-        model_dir / "README.md",
-        "Post-processing",
-        train_seg.describe_min_areas(tuned) + f"\n\nFitted with:\n\n```bash\n{command}\n```",
+        model_dir / "README.md", "Post-processing", description + f"\n\nFitted with:\n\n```bash\n{command}\n```"
     )
     print(json.dumps(tuned, indent=2))
     return 0

@@ -1,0 +1,66 @@
+"""What a stage-1 multi-label classifier says is present, image by image, at its own thresholds.
+
+``train.tune_min_area --stage1`` needs it to fit the minimum areas of the two-stage pipeline
+on validation. It reads the checkpoint the way ``pipelines/`` serves it: the same
+preprocessing (``common.preprocessing``), a sigmoid per class, and the per-class thresholds
+of its ``calibration.json`` (0.5 without one).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+from common.checkpoints import load_pretrained
+from common.image_io import load_image
+from common.preprocessing import batch_preprocessor
+from train.calibration import CalibrationRecord
+from train.classification_data import DataError
+
+DEFAULT_THRESHOLD = 0.5  # the pipeline's, for a stage 1 without calibration.json
+BATCH = 8
+
+
+class Stage1:
+    """A stage-1 checkpoint, checked against the segmenter's defect labels when loaded."""
+
+    def __init__(self, stage1_dir: str | os.PathLike, defect_labels: Sequence[str]):
+        """Load ``stage1_dir``, a multi-label classifier whose labels are ``defect_labels``.
+
+        Raises:
+            DataError: the checkpoint is not multi-label or its labels are not ``defect_labels``.
+            common.checkpoints.ModelLoadError: it cannot be loaded.
+        """
+        self.model = load_pretrained(AutoModelForImageClassification, str(stage1_dir), dtype=torch.float32).eval()
+        config = self.model.config
+        if config.problem_type != "multi_label_classification":
+            raise DataError(f"Stage 1 '{stage1_dir}' is not multi-label; train it with --problem_type multi_label.")
+        labels = [config.id2label[i] for i in range(len(config.id2label))]
+        if sorted(labels) != sorted(defect_labels):
+            raise DataError(
+                f"Stage 1 '{stage1_dir}' has labels {labels}, the segmenter {list(defect_labels)}; "
+                "train stage 1 on the same defect classes, with the same names."
+            )
+        self.columns = [labels.index(label) for label in defect_labels]
+        record = CalibrationRecord.load(stage1_dir)
+        thresholds = record.thresholds if record and record.thresholds else [DEFAULT_THRESHOLD] * len(labels)
+        self.thresholds = np.asarray(thresholds)[self.columns]
+        self.preprocess = batch_preprocessor(load_pretrained(AutoImageProcessor, str(stage1_dir)))
+
+    def presence(self, images: Iterable[object]) -> np.ndarray:
+        """``(images, defect classes)`` booleans: is each defect type present, by stage 1.
+
+        Args:
+            images: Anything ``load_image`` reads (paths, bytes, PIL images).
+        """
+        sources = list(images)
+        probabilities = [np.zeros((0, len(self.model.config.id2label)), dtype=np.float32)]
+        for start in range(0, len(sources), BATCH):
+            batch = [load_image(source) for source in sources[start : start + BATCH]]
+            with torch.inference_mode():
+                probabilities.append(torch.sigmoid(self.model(pixel_values=self.preprocess(batch)).logits).numpy())
+        return np.concatenate(probabilities)[:, self.columns] >= self.thresholds
