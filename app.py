@@ -163,6 +163,13 @@ def segmentation_markdown(result) -> str:
         text += f"\n\nStage 1 (which defect types are present): {verdicts}."
         if ruled:
             text += f" Ruled out, so removed from the outline: {', '.join(ruled)}."
+        # The two models disagree: stage 1 sees a type that the segmenter did not outline.
+        unseen = [r.label for r in result.regions if not r.ruled_out and not r.present]
+        if unseen:
+            text += (
+                f" Stage 1 sees {', '.join(unseen)}, but the segmenter outlined none (or only regions under the "
+                "minimum area): the models disagree, so look at this image yourself."
+            )
     return text
 
 

@@ -209,3 +209,21 @@ def test_segment_without_a_model_says_how_to_get_one(tmp_path):
             Client(demo.local_url, verbose=False).predict(handle_file(str(image)), 0, api_name="/segment")
     finally:
         demo.close()
+
+
+def test_segment_verdict_says_when_stage1_and_the_segmenter_disagree():
+    import numpy as np
+
+    from pipelines.segmentation import DefectRegion, Segmentation
+
+    def region(class_id, label, area, ruled_out):
+        return DefectRegion(class_id, label, np.zeros((2, 2), bool), area, 0.9 if area else 0.0, "", ruled_out)
+
+    regions = [region(1, "pitting", 0.0, True), region(2, "scratches", 0.0, False), region(3, "patches", 0.1, False)]
+    stage1 = {"pitting": 0.01, "scratches": 0.97, "patches": 0.99}
+    text = app.segmentation_markdown(Segmentation(np.zeros((2, 2), np.uint8), None, regions, True, stage1))
+    assert text.startswith("**Defective**: patches") and "Ruled out, so removed from the outline: pitting." in text
+    assert "Stage 1 sees scratches, but the segmenter outlined none" in text  # not patches: both agree there
+    agreed = [region(1, "pitting", 0.0, True), region(2, "scratches", 0.2, False), region(3, "patches", 0.1, False)]
+    agreeing = Segmentation(np.zeros((2, 2), np.uint8), None, agreed, True, stage1)
+    assert "disagree" not in app.segmentation_markdown(agreeing)
