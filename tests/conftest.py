@@ -22,22 +22,30 @@ def _save_tiny(model, processor, directory):
     return directory
 
 
-@pytest.fixture(scope="session")
-def tiny_vit_dir(tmp_path_factory):
-    """A 1-layer ViT classifier with 3 labels, saved with save_pretrained."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+def tiny_vit_config(id2label: dict[int, str], **extra):
+    """A 1-layer ViT config for 32x32 inputs (4x4 patches of 8 pixels)."""
+    from transformers import ViTConfig
 
-    torch.manual_seed(0)
-    config = ViTConfig(
+    return ViTConfig(
         image_size=32,
         patch_size=8,
         hidden_size=16,
         num_hidden_layers=1,
         num_attention_heads=2,
         intermediate_size=32,
-        id2label=TINY_LABELS,
-        label2id={v: k for k, v in TINY_LABELS.items()},
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+        **extra,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_dir(tmp_path_factory):
+    """A 1-layer ViT classifier with 3 labels, saved with save_pretrained."""
+    from transformers import ViTForImageClassification, ViTImageProcessor
+
+    torch.manual_seed(0)
+    config = tiny_vit_config(TINY_LABELS)
     processor = ViTImageProcessor(size={"height": 32, "width": 32})
     return _save_tiny(ViTForImageClassification(config), processor, tmp_path_factory.mktemp("tiny-vit"))
 
@@ -145,20 +153,10 @@ def tiny_segformer_config(id2label: dict[int, str]):
 
 def save_tiny_stage1(directory, labels, biases):
     """A multi-label ViT stage 1 whose sigmoid outputs are ``sigmoid(bias)`` whatever the image."""
-    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+    from transformers import ViTForImageClassification, ViTImageProcessor
 
     torch.manual_seed(0)
-    config = ViTConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        problem_type="multi_label_classification",
-        id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)},
-    )
+    config = tiny_vit_config(dict(enumerate(labels)), problem_type="multi_label_classification")
     model = ViTForImageClassification(config)
     with torch.no_grad():
         model.classifier.weight.zero_()

@@ -20,6 +20,7 @@ from bench.explanation import (
     select_test_images,
     view_mask,
 )
+from tests.conftest import tiny_vit_config
 from train.synthetic_parts import PART_KINDS, write_parts
 
 PART_LABELS = dict(enumerate(PART_KINDS))
@@ -184,15 +185,7 @@ def _tiny_parts_classifier(kind: str, directory):
         )
         processor = tf.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
     else:
-        config = tf.ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=16,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            intermediate_size=32,
-            **labels,
-        )
+        config = tiny_vit_config(PART_LABELS)
         model, processor = tf.ViTForImageClassification(config), tf.ViTImageProcessor(size={"height": 32, "width": 32})
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
