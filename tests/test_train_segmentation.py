@@ -100,6 +100,9 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     assert set(tuned["min_area_two_stage"]) == {"pitting", "crazing", "scratches", "patches"}
     assert "min_area_two_stage" in (out / "README.md").read_text()
     assert DefectSegmenter.from_pretrained(out, stage1=stage1).tuned_min_area == tuned["min_area_two_stage"]
+    assert tune_main(args[:-2]) == 0  # refit without stage 1: the two-stage set stays, and the card says so
+    assert json.loads((out / "config.json").read_text())["min_area_two_stage"] == tuned["min_area_two_stage"]
+    assert "kept from an earlier fit" in (out / "README.md").read_text()
     wrong = save_tiny_stage1(tmp_path / "wrong", ["patches", "pitting", "crazing", "dents"], [0, 0, 0, 0])
     with pytest.raises(SystemExit) as refused:
         tune_main([*args[:-1], str(wrong)])
@@ -109,6 +112,17 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     result = segmenter.segment(Image.new("RGB", (320, 64), (120, 120, 120)))
     assert result.label_map.shape == (64, 320)
     assert [region.label for region in result.regions] == ["pitting", "crazing", "scratches", "patches"]
+
+
+def test_fine_tuning_drops_the_minimum_areas_fitted_for_the_old_weights(tiny_segformer_dir, tmp_path):
+    import shutil
+
+    start = shutil.copytree(tiny_segformer_dir, tmp_path / "start")
+    config = json.loads((start / "config.json").read_text())
+    config.update(min_area={"pitting": 50}, min_area_two_stage={"pitting": 0})
+    (start / "config.json").write_text(json.dumps(config))
+    model, _ = train_seg.build_model(str(start), ID2LABEL)
+    assert not hasattr(model.config, "min_area") and not hasattr(model.config, "min_area_two_stage")
 
 
 def test_clear_ruled_out_removes_a_class_only_where_stage1_says_absent():

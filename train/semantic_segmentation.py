@@ -200,6 +200,11 @@ def build_model(name: str, id2label: dict[int, str]):
         label2id=label2id,
         ignore_mismatched_sizes=True,
     )
+    # Minimum areas belong to the weights they were fitted on; training refits "min_area", and a
+    # stale two-stage set would otherwise be served with the new weights.
+    for key in ("min_area", "min_area_two_stage"):
+        if hasattr(model.config, key):
+            delattr(model.config, key)
     return model, load_pretrained(AutoImageProcessor, name)
 
 
