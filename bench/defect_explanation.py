@@ -47,7 +47,8 @@ def measure(model_dir: Path, data: seg.SegmentationData, method: str, layer: str
         truth = seg.decode_mask(example)
         image = None
         for class_id in np.unique(truth[(truth > 0) & (truth != 255)]):
-            image = image or load_image(seg.image_source(example))
+            if image is None:
+                image = load_image(seg.image_source(example))
             try:
                 explanation = explain_defect(
                     segmenter, image, class_id=int(class_id), method=method, layer=layer, faithfulness=False

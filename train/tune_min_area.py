@@ -73,6 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuned = {"segmenter_alone": tuned, "two_stage": train_seg.record_min_areas(
             model, cleared, truth, data.id2label, key="min_area_two_stage")}  # fmt: skip
         description = train_seg.describe_min_areas(tuned["segmenter_alone"], tuned["two_stage"], args.stage1)
+    elif getattr(model.config, "min_area_two_stage", None):
+        description += (
+            "\n\n`min_area_two_stage` (used with a stage-1 classifier) is kept from an earlier fit: "
+            f"{model.config.min_area_two_stage}. Pass --stage1 to refit it."
+        )
     config_path = model_dir / "config.json"
     config = json.loads(config_path.read_text())
     for key in ("min_area", "min_area_two_stage"):
