@@ -256,6 +256,15 @@ def _resolve_layer(model: torch.nn.Module, layer: str | None) -> tuple[str, _Lay
     return layer, rule or _LayerRule("", "tokens", None)
 
 
+def check_layer(model: torch.nn.Module, layer: str) -> None:
+    """Refuse a ``layer`` that is not a module of ``model`` before any work is done.
+
+    Raises:
+        ExplanationError: The name is unknown; the message lists valid layers, closest first.
+    """
+    _resolve_layer(model, layer)
+
+
 def find_target_layer(
     model: torch.nn.Module, input_size: tuple[int, int] | None = None
 ) -> tuple[str, torch.nn.Module, Callable | None]:

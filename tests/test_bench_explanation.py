@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -11,10 +12,15 @@ from PIL import Image
 
 from bench import explanation as bench
 from bench.explanation import (
+    by_object_size,
     class_index,
+    compare_localisation,
+    energy_near_object,
     energy_share,
+    grown_mask,
     localisation_summary,
     measure_localisation,
+    parse_setting,
     pointing_hit,
     resolution_ceiling,
     select_test_images,
@@ -71,10 +77,30 @@ def test_pointing_game_asks_whether_the_peak_is_on_the_object():
     assert not pointing_hit(np.zeros((10, 10)), mask)  # a flat map points nowhere
 
 
+def test_grown_mask_adds_a_band_of_the_given_width():
+    mask = _square_mask(size=12, box=(5, 7))  # 2 x 2 in the middle
+    assert grown_mask(mask, 0).sum() == 4
+    assert grown_mask(mask, 1).sum() == 16 and grown_mask(mask, 2).sum() == 36  # 4x4, 6x6 squares
+    assert grown_mask(mask, 1)[mask].all()
+
+
+def test_energy_near_the_object_counts_the_outline_but_not_far_heat():
+    mask = _square_mask(size=100, box=(40, 60))
+    ring = grown_mask(mask, 3) & ~mask  # heat just outside the outline: 3 px < 3.5% of 100 px
+    far = np.zeros((100, 100))
+    far[:10, :10] = 1.0
+    assert energy_share(ring.astype(float), mask) == 0.0
+    assert energy_near_object(ring.astype(float), mask) == pytest.approx(1.0)
+    assert energy_near_object(far, mask) == 0.0
+    half = ring.astype(float) / ring.sum() + far / far.sum()  # equal energy near and far
+    assert energy_near_object(half, mask) == pytest.approx(0.5)
+
+
 def _record(cls, energy, area, hit, correct=True, flat=False):
     return {
         "class": cls,
         "energy_share": energy,
+        "energy_near_object": min(1.0, energy + 0.1),
         "mask_area_share": area,
         "mask_share_of_view": area * 1.2,
         "resolution_ceiling": 0.8,
@@ -94,6 +120,7 @@ def test_summary_gives_mean_median_hit_rate_and_accuracy():
     summary = localisation_summary(records)
     assert summary["n"] == 4
     assert summary["energy_share"] == {"mean": 0.5, "median": 0.55}
+    assert summary["energy_near_object"] == {"mean": 0.6, "median": 0.65}
     assert summary["mask_area_share"] == {"mean": 0.15, "median": 0.15}
     assert summary["resolution_ceiling"] == {"mean": 0.8, "median": 0.8}
     assert summary["energy_over_area"] == pytest.approx((4.5 + 3.0 + 0.0 + 5.0) / 4, abs=1e-3)
@@ -102,6 +129,30 @@ def test_summary_gives_mean_median_hit_rate_and_accuracy():
     assert summary["flat_heatmaps"] == 1
     with pytest.raises(ValueError, match="at least one"):
         localisation_summary([])
+
+
+def test_object_size_rows_split_images_by_mask_share():
+    records = [
+        _record("spring", 0.2, 0.03, False),
+        _record("bolt", 0.4, 0.04, True),
+        _record("gear", 0.6, 0.12, True),
+        _record("washer", 0.8, 0.2, True),  # a bin's upper bound is exclusive
+    ]
+    rows = by_object_size(records, bins=((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 1.0)))
+    assert [row["n"] for row in rows] == [2, 0, 1, 1]
+    assert rows[0]["energy_share_mean"] == pytest.approx(0.3) and rows[0]["chance_mean"] == pytest.approx(0.035)
+    assert rows[0]["energy_near_object_mean"] == pytest.approx(0.4) and rows[0]["pointing_game_hit_rate"] == 0.5
+    assert rows[1]["energy_share_mean"] is None  # an empty bin keeps its row
+    assert rows[3]["mask_area_share"] == "0.2-1" and rows[3]["energy_share_mean"] == pytest.approx(0.8)
+
+
+def test_settings_name_a_method_and_optionally_a_layer():
+    assert parse_setting("layercam@timm_model.blocks.4") == ("layercam", "timm_model.blocks.4")
+    assert parse_setting("GradCAM++") == ("gradcam++", None)
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown CAM method 'gradcum'.*choose from gradcam"):
+        parse_setting("gradcum@layer1")
+    with pytest.raises(argparse.ArgumentTypeError, match="names no layer after '@'"):
+        parse_setting("layercam@")
 
 
 def test_resolution_ceiling_is_what_a_perfect_map_at_the_grid_scores():
@@ -213,7 +264,35 @@ def test_localisation_reports_every_measure_in_range(kind, parts_data, tmp_path)
     assert 0.0 <= overall["pointing_game_hit_rate"] <= 1.0 and 0.0 <= overall["accuracy"] <= 1.0
     goal = report["goal"]
     assert goal["value"] == overall["energy_share"]["mean"] and goal["met"] == (goal["value"] >= 0.6)
+    assert overall["energy_share"]["mean"] <= overall["energy_near_object"]["mean"] <= 1.0
+    assert sum(row["n"] for row in report["by_object_size"]) == 8
     json.dumps(report, allow_nan=False)  # the report is plain JSON
+
+
+def test_comparison_rows_follow_the_settings_on_the_same_images(parts_data, tmp_path):
+    model_dir = _tiny_parts_classifier("resnet", tmp_path / "resnet")
+    rows = compare_localisation(model_dir, parts_data, 6, [("gradcam", None), ("layercam", "resnet.encoder.stages.0")])
+    assert [(row["method"], row["layer"]) for row in rows] == [
+        ("gradcam", "resnet.encoder.stages.1"),  # None: the pipeline's default layer, named
+        ("layercam", "resnet.encoder.stages.0"),
+    ]
+    # The earlier stage keeps twice the resolution (stride 2 between the two stages).
+    assert [c * 2 for c in rows[0]["cam_grid"]] == rows[1]["cam_grid"]
+    assert rows[1]["resolution_ceiling"]["mean"] > rows[0]["resolution_ceiling"]["mean"]
+    assert all(sum(size["n"] for size in row["by_object_size"]) == 6 for row in rows)
+
+
+def test_a_bad_compare_layer_is_refused_before_any_timing(parts_data, tmp_path, capsys):
+    model_dir = _tiny_parts_classifier("resnet", tmp_path / "resnet")
+    argv = ["--parts-model", str(model_dir), "--parts-data", str(parts_data)]
+    with pytest.raises(SystemExit):
+        bench.parse_args([*argv, "--compare", "gradcam", "layercam@resnet.encoder.stage.0"])
+    error = capsys.readouterr().err
+    assert "--layer/--compare: layer='resnet.encoder.stage.0' is not a module" in error
+    assert "resnet.encoder.stages.0" in error  # the valid candidates are listed
+    assert bench.parse_args([*argv, "--compare", "layercam@resnet.encoder.stages.0"]).compare == [
+        ("layercam", "resnet.encoder.stages.0")
+    ]
 
 
 def test_no_parts_model_means_localisation_is_skipped(monkeypatch, tmp_path):
