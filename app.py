@@ -125,6 +125,8 @@ def explanation_markdown(explanation) -> str:
         f"**{explanation.method}** on layer `{explanation.layer_name}` for **{explanation.target_label}** "
         f"(probability {explanation.target_score:.0%})."
     )
+    if explanation.guided:
+        text += " With pixel detail: the heatmap times guided-backpropagation gradients."
     if explanation.faithfulness is not None:
         text += f"\n\n**Faithfulness {explanation.faithfulness.score:+.2f}**: {explanation.faithfulness.sentence}"
     return text
@@ -234,7 +236,13 @@ def build_demo(
 
     @user_facing
     def explain_image(
-        image: dict | None, model: str, method: str, target: str | None, layer: str | None, alpha: float
+        image: dict | None,
+        model: str,
+        method: str,
+        target: str | None,
+        layer: str | None,
+        alpha: float,
+        guided: bool = False,
     ) -> tuple[str, dict[str, float], str]:
         """Grad-CAM for one image: (three-panel picture, top classes, faithfulness sentence)."""
         picture = read_upload(image)
@@ -246,6 +254,7 @@ def build_demo(
             target=None if target in (None, "", TOP_CLASS) else target,
             layer=(layer or "").strip() or None,
             alpha=float(alpha),
+            guided=bool(guided),
         )
         result = classifier.classify(picture, top_k=5)
         return explanation.panels, scores_for_label(result.predictions), explanation_markdown(explanation)
@@ -321,6 +330,10 @@ def build_demo(
                         with gr.Accordion("Advanced", open=False):
                             layer = gr.Textbox(label="Target layer (module name; empty = automatic)")
                             alpha = gr.Slider(0.1, 0.9, value=0.5, step=0.05, label="Overlay opacity")
+                            guided = gr.Checkbox(
+                                value=False,
+                                label="Pixel detail (Guided Grad-CAM: sharper on small objects; ReLU networks only)",
+                            )
                         explain_button = gr.Button("Explain", variant="primary")
                     with gr.Column():
                         panels = gr.Image(label="Original | heatmap | overlay", type="pil", interactive=False)
@@ -371,7 +384,7 @@ def build_demo(
                           api_name=False)  # fmt: skip
         explain_button.click(
             explain_image,
-            [explain_input, model, method, target, layer, alpha],
+            [explain_input, model, method, target, layer, alpha, guided],
             [panels, explain_label, faithfulness],
             api_name="explain",
             **raw,

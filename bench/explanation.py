@@ -310,11 +310,17 @@ def view_mask(processor, original_size: tuple[int, int], input_size: tuple[int, 
 
 
 def measure_localisation(
-    model_dir: str | os.PathLike, data_dir: Path, n: int, method: str = LOCALISATION_METHOD, layer: str | None = None
+    model_dir: str | os.PathLike,
+    data_dir: Path,
+    n: int,
+    method: str = LOCALISATION_METHOD,
+    layer: str | None = None,
+    guided: bool = False,
 ) -> dict:
     """Explain the true class of ``n`` parts test images and score each heatmap against its mask.
 
-    ``layer`` None uses the pipeline's default layer for the model's family.
+    ``layer`` None uses the pipeline's default layer for the model's family; ``guided`` scores
+    the pixel-detail map (the CAM times guided-backpropagation gradients).
     """
     from common.image_io import load_image
     from pipelines.classification import ImageClassifier
@@ -327,7 +333,7 @@ def measure_localisation(
         image = load_image(path)
         mask = load_mask(path)
         explanation = explain_prediction(
-            classifier, image, method=method, target=target, layer=layer, faithfulness=False
+            classifier, image, method=method, target=target, layer=layer, faithfulness=False, guided=guided
         )
         heatmap, layer, grid = explanation.heatmap, explanation.layer_name, explanation.cam_grid
         pixel_values = classifier.preprocess([image])
@@ -357,6 +363,7 @@ def measure_localisation(
         "split": SPLIT,
         "method": method,
         "layer": layer,
+        "guided": guided,
         "cam_grid": list(grid),
         "target": "true class",
         "overall": overall,
@@ -373,8 +380,13 @@ def measure_localisation(
     }
 
 
-def parse_setting(text: str) -> tuple[str, str | None]:
-    """``"layercam@timm_model.blocks.4"`` -> ``("layercam", "timm_model.blocks.4")``; a bare method: layer None.
+GUIDED_PREFIX = "guided-"
+
+
+def parse_setting(text: str) -> tuple[str, str | None, bool]:
+    """``[guided-]METHOD[@LAYER]`` -> ``(method, layer or None, guided)``.
+
+    ``"guided-layercam@timm_model.blocks.4"`` -> ``("layercam", "timm_model.blocks.4", True)``.
 
     Raises:
         argparse.ArgumentTypeError: Unknown method (the known ones are listed) or nothing after ``@``.
@@ -383,25 +395,36 @@ def parse_setting(text: str) -> tuple[str, str | None]:
 
     method, at, layer = text.partition("@")
     method, layer = method.strip().lower(), layer.strip()
+    guided = method.startswith(GUIDED_PREFIX)
+    method = method.removeprefix(GUIDED_PREFIX)
     if method not in METHODS:
-        raise argparse.ArgumentTypeError(f"unknown CAM method {method!r} in {text!r}; choose from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown CAM method {method!r} in {text!r}; choose from {', '.join(METHODS)}, "
+            f"each optionally prefixed with {GUIDED_PREFIX!r}"
+        )
     if at and not layer:
         raise argparse.ArgumentTypeError(f"{text!r} names no layer after '@'; write METHOD@LAYER, or METHOD alone")
-    return method, layer or None
+    return method, layer or None, guided
+
+
+def setting_name(method: str, layer: str | None, guided: bool) -> str:
+    """The inverse of :func:`parse_setting`."""
+    return f"{GUIDED_PREFIX if guided else ''}{method}{'@' + layer if layer else ''}"
 
 
 def compare_localisation(
-    model_dir: str | os.PathLike, data_dir: Path, n: int, settings: Sequence[tuple[str, str | None]]
+    model_dir: str | os.PathLike, data_dir: Path, n: int, settings: Sequence[tuple[str, str | None, bool]]
 ) -> list[dict]:
-    """:func:`measure_localisation` for each ``(method, layer)`` on the same images, one compact row each."""
+    """:func:`measure_localisation` for each ``(method, layer, guided)`` on the same images, one compact row each."""
     rows = []
-    for method, layer in settings:
-        report = measure_localisation(model_dir, data_dir, n, method=method, layer=layer)
+    for method, layer, guided in settings:
+        report = measure_localisation(model_dir, data_dir, n, method=method, layer=layer, guided=guided)
         overall = report["overall"]
         rows.append(
             {
                 "method": method,
                 "layer": report["layer"],
+                "guided": guided,
                 "cam_grid": report["cam_grid"],
                 **{key: overall[key] for key in ("energy_share", "energy_near_object", "resolution_ceiling")},
                 "pointing_game_hit_rate": overall["pointing_game_hit_rate"],
@@ -516,7 +539,8 @@ def summary_text(report: dict) -> str:
         lines.append(f"  localisation skipped: {localisation['skipped']}")
     else:
         lines.append(
-            f"  localisation, {localisation['method']} on {localisation['layer']} "
+            f"  localisation, {'guided ' if localisation['guided'] else ''}{localisation['method']} "
+            f"on {localisation['layer']} "
             f"({'x'.join(map(str, localisation['cam_grid']))} grid) for the true class "
             f"({localisation['model']}, {localisation['split']} split):"
         )
@@ -532,7 +556,8 @@ def summary_text(report: dict) -> str:
         lines += _size_lines(localisation["by_object_size"])
         for row in localisation.get("comparison", ()):
             lines.append(
-                f"  compared: {row['method']} on {row['layer']} ({'x'.join(map(str, row['cam_grid']))} grid): "
+                f"  compared: {'guided ' if row['guided'] else ''}{row['method']} on {row['layer']} "
+                f"({'x'.join(map(str, row['cam_grid']))} grid): "
                 f"energy on object {row['energy_share']['mean']:.3f}, near it "
                 f"{row['energy_near_object']['mean']:.3f}, pointing {row['pointing_game_hit_rate']:.2f}"
             )
@@ -567,7 +592,8 @@ def run_benchmark(
     with_scorecam: bool,
     method: str = LOCALISATION_METHOD,
     layer: str | None = None,
-    compare: Sequence[tuple[str, str | None]] = (),
+    compare: Sequence[tuple[str, str | None, bool]] = (),
+    guided: bool = False,
 ) -> dict:
     """Measure everything and return the report (a JSON-ready dict).
 
@@ -578,7 +604,7 @@ def run_benchmark(
     if parts_model is None:
         localisation = {"skipped": NO_PARTS_MODEL}
     else:
-        localisation = measure_localisation(parts_model, parts_data, n, method=method, layer=layer)
+        localisation = measure_localisation(parts_model, parts_data, n, method=method, layer=layer, guided=guided)
         if compare:
             localisation["comparison"] = compare_localisation(parts_model, parts_data, n, compare)
     speed_goal = speed["goals"]["gradcam_within_3x_of_forward"]
@@ -598,7 +624,8 @@ def run_benchmark(
             "n": n,
             "method": method,
             "layer": layer,
-            "compare": [f"{m}@{lay}" if lay else m for m, lay in compare],
+            "guided": guided,
+            "compare": [setting_name(*setting) for setting in compare],
             "rounds": rounds,
             "warmup_rounds": warmup,
             "with_scorecam": with_scorecam,
@@ -647,8 +674,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         nargs="+",
         type=parse_setting,
         default=[],
-        metavar="METHOD[@LAYER]",
-        help="also localise with these settings on the same images, e.g. gradcam layercam@timm_model.blocks.4",
+        metavar="[guided-]METHOD[@LAYER]",
+        help="also localise with these settings on the same images, e.g. gradcam layercam@timm_model.blocks.4 "
+        "guided-layercam@timm_model.blocks.4 (guided-: times guided-backpropagation gradients)",
+    )
+    parser.add_argument(
+        "--guided", action="store_true", help="localise the pixel-detail map (CAM times guided backpropagation)"
     )
     parser.add_argument("--rounds", type=int, default=20, help="measured rounds of the speed variants")
     parser.add_argument("--warmup", type=int, default=2, help="discarded rounds before measuring (default 2)")
@@ -673,7 +704,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"--parts-data {args.parts_data} has no {SPLIT}/ split; write it with "
             f"`python -m train.datasets parts --out {args.parts_data}` (the data the model was trained on)"
         )
-    layers = [layer for layer in (args.layer, *(lay for _, lay in args.compare)) if layer]
+    layers = [layer for layer in (args.layer, *(lay for _, lay, _ in args.compare)) if layer]
     if layers and args.parts_model is not None:
         problem = layer_problem(args.parts_model, layers)
         if problem:
@@ -713,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         method=args.method,
         layer=args.layer,
         compare=args.compare,
+        guided=args.guided,
     )
     publish_report(report, args.out, summary_text(report))
     return 0

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
@@ -151,6 +152,20 @@ def test_explain_a_chosen_class_and_a_bad_layer(client, chelsea):
     with pytest.raises(Exception, match="no_such_layer.*timm_model"):
         client.predict(handle_file(str(chelsea)), "default", "gradcam", "top class", "no_such_layer", 0.5,
                        api_name="/explain")  # fmt: skip
+
+
+def test_explain_with_pixel_detail(client, chelsea):
+    from PIL import Image
+
+    plain, _, _ = client.predict(
+        handle_file(str(chelsea)), "default", "gradcam", "top class", "", 0.5, False, api_name="/explain"
+    )
+    detailed, _, text = client.predict(
+        handle_file(str(chelsea)), "default", "gradcam", "top class", "", 0.5, True, api_name="/explain"
+    )
+    assert "With pixel detail" in text and "Faithfulness" in text
+    plain, detailed = (np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) for path in (plain, detailed))
+    assert plain.shape == detailed.shape and np.abs(plain - detailed).mean() > 5  # a different heatmap is shown
 
 
 def test_segment_endpoint_outlines_and_offers_downloads(tmp_path):

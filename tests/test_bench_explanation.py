@@ -24,6 +24,7 @@ from bench.explanation import (
     pointing_hit,
     resolution_ceiling,
     select_test_images,
+    setting_name,
     view_mask,
 )
 from tests.conftest import tiny_vit_config
@@ -147,10 +148,15 @@ def test_object_size_rows_split_images_by_mask_share():
 
 
 def test_settings_name_a_method_and_optionally_a_layer():
-    assert parse_setting("layercam@timm_model.blocks.4") == ("layercam", "timm_model.blocks.4")
-    assert parse_setting("GradCAM++") == ("gradcam++", None)
+    assert parse_setting("layercam@timm_model.blocks.4") == ("layercam", "timm_model.blocks.4", False)
+    assert parse_setting("GradCAM++") == ("gradcam++", None, False)
+    assert parse_setting("guided-layercam@timm_model.blocks.4") == ("layercam", "timm_model.blocks.4", True)
+    for text in ("guided-layercam@timm_model.blocks.4", "gradcam++"):
+        assert setting_name(*parse_setting(text)) == text
     with pytest.raises(argparse.ArgumentTypeError, match="unknown CAM method 'gradcum'.*choose from gradcam"):
         parse_setting("gradcum@layer1")
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown CAM method 'guided'"):
+        parse_setting("guided@layer1")
     with pytest.raises(argparse.ArgumentTypeError, match="names no layer after '@'"):
         parse_setting("layercam@")
 
@@ -271,11 +277,14 @@ def test_localisation_reports_every_measure_in_range(kind, parts_data, tmp_path)
 
 def test_comparison_rows_follow_the_settings_on_the_same_images(parts_data, tmp_path):
     model_dir = _tiny_parts_classifier("resnet", tmp_path / "resnet")
-    rows = compare_localisation(model_dir, parts_data, 6, [("gradcam", None), ("layercam", "resnet.encoder.stages.0")])
-    assert [(row["method"], row["layer"]) for row in rows] == [
-        ("gradcam", "resnet.encoder.stages.1"),  # None: the pipeline's default layer, named
-        ("layercam", "resnet.encoder.stages.0"),
+    settings = [("gradcam", None, False), ("layercam", "resnet.encoder.stages.0", False), ("gradcam", None, True)]
+    rows = compare_localisation(model_dir, parts_data, 6, settings)
+    assert [(row["method"], row["layer"], row["guided"]) for row in rows] == [
+        ("gradcam", "resnet.encoder.stages.1", False),  # None: the pipeline's default layer, named
+        ("layercam", "resnet.encoder.stages.0", False),
+        ("gradcam", "resnet.encoder.stages.1", True),
     ]
+    assert rows[2]["energy_share"] != rows[0]["energy_share"]  # the guided map is another map
     # The earlier stage keeps twice the resolution (stride 2 between the two stages).
     assert [c * 2 for c in rows[0]["cam_grid"]] == rows[1]["cam_grid"]
     assert rows[1]["resolution_ceiling"]["mean"] > rows[0]["resolution_ceiling"]["mean"]
@@ -290,8 +299,8 @@ def test_a_bad_compare_layer_is_refused_before_any_timing(parts_data, tmp_path, 
     error = capsys.readouterr().err
     assert "--layer/--compare: layer='resnet.encoder.stage.0' is not a module" in error
     assert "resnet.encoder.stages.0" in error  # the valid candidates are listed
-    assert bench.parse_args([*argv, "--compare", "layercam@resnet.encoder.stages.0"]).compare == [
-        ("layercam", "resnet.encoder.stages.0")
+    assert bench.parse_args([*argv, "--compare", "guided-layercam@resnet.encoder.stages.0"]).compare == [
+        ("layercam", "resnet.encoder.stages.0", True)
     ]
 
 

@@ -193,6 +193,40 @@ def test_each_method_runs(method, resnet, wide_photo):
     assert explanation.target_index == 2
 
 
+@pytest.mark.parametrize("family", ["mobilenet_v2", "timm-resnet"])  # ReLU6, and ReLU in a timm wrapper
+def test_pixel_detail_gives_a_heatmap_at_the_image_size(family, tiny_dirs, wide_photo):
+    classifier = ImageClassifier.from_pretrained(tiny_dirs(family)[0])
+    plain = explain_prediction(classifier, wide_photo, faithfulness=False)
+    detailed = explain_prediction(classifier, wide_photo, guided=True)
+    heatmap = detailed.heatmap  # speckled, not smooth: most pixels are near 0
+    assert heatmap.shape == WIDE and heatmap.dtype == np.float32
+    assert heatmap.min() >= 0.0 and 0.3 < heatmap.max() <= 1.0
+    assert (heatmap > 0.05).mean() > 0.01, "the detail should not collapse onto a few pixels"
+    assert detailed.guided and not plain.guided
+    assert (detailed.target_index, detailed.layer_name) == (plain.target_index, plain.layer_name)
+    # Gradients vary pixel by pixel: the product is not the upsampled CAM, and it is zero where the CAM is.
+    assert not np.allclose(detailed.heatmap, plain.heatmap, atol=0.05)
+    assert (detailed.heatmap[plain.heatmap == 0.0] == 0.0).all()
+    assert detailed.faithfulness is not None  # the deletion test scores the map that is shown
+
+
+def test_pixel_detail_leaves_the_served_model_untouched(resnet, wide_photo):
+    model = resnet.model
+    activations = [type(module) for module in model.modules()]
+    before = resnet.classify(wide_photo, top_k=3).predictions
+    explain_prediction(resnet, wide_photo, guided=True)
+    assert [type(module) for module in model.modules()] == activations  # ReLUs swapped on a copy only
+    assert _hooks(model) == [] and all(p.grad is None for p in model.parameters())
+    assert resnet.classify(wide_photo, top_k=3).predictions == before
+
+
+@pytest.mark.parametrize("family", ["vit-wide", "convnext"])
+def test_pixel_detail_is_refused_without_relus(family, tiny_dirs, wide_photo):
+    classifier = ImageClassifier.from_pretrained(tiny_dirs(family)[0])
+    with pytest.raises(ExplanationError, match=r"needs ReLU activations.*uses GELU or SiLU.*without guided=True"):
+        explain_prediction(classifier, wide_photo, guided=True)
+
+
 def test_token_grids_of_any_shape_are_laid_out(tiny_vit_dir, tiny_dirs):
     model = ImageClassifier.from_pretrained(tiny_vit_dir).model
     name, module, reshape = find_target_layer(model, input_size=(56, 112))
@@ -475,20 +509,36 @@ def test_heatmap_sits_on_the_cat(default_classifier):
     mostly the part the model never saw (0 by construction). On a 320 x 320 grass picture the
     crop keeps x, y 20-300, and the cat, shrunk to 170 x 113, fills a quarter of that view.
     """
-    grass = _skimage_photo("grass.png").resize((320, 320))
-    cat_box = (30, 160, 200, 273)  # left, top, right, bottom
-    grass.paste(_skimage_photo("chelsea.png").resize((170, 113)), cat_box[:2])
+    grass, on_cat, seen = _cat_on_grass()
     explanation = explain_prediction(default_classifier, grass)
     assert "cat" in explanation.target_label
-
-    on_cat = np.zeros((320, 320), dtype=bool)
-    on_cat[cat_box[1] : cat_box[3], cat_box[0] : cat_box[2]] = True
-    seen = np.zeros_like(on_cat)
-    seen[20:300, 20:300] = True  # the center crop: background the model did see
     heatmap = explanation.heatmap
     assert heatmap[on_cat & seen].mean() > 3 * heatmap[seen & ~on_cat].mean()
     assert on_cat[np.unravel_index(heatmap.argmax(), heatmap.shape)]
     assert explanation.faithfulness.score > 0.1
+
+
+def _cat_on_grass() -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """The picture, the cat's pixels and the pixels inside the model's 224 center crop."""
+    grass = _skimage_photo("grass.png").resize((320, 320))
+    cat_box = (30, 160, 200, 273)  # left, top, right, bottom
+    grass.paste(_skimage_photo("chelsea.png").resize((170, 113)), cat_box[:2])
+    on_cat = np.zeros((320, 320), dtype=bool)
+    on_cat[cat_box[1] : cat_box[3], cat_box[0] : cat_box[2]] = True
+    seen = np.zeros_like(on_cat)
+    seen[20:300, 20:300] = True  # the center crop: background the model did see
+    return grass, on_cat, seen
+
+
+@pytest.mark.slow
+def test_pixel_detail_on_the_default_model_is_sharper_on_the_cat(default_classifier):
+    """The default model's ReLU6s take guided backpropagation: the detailed map keeps to the cat."""
+    grass, on_cat, seen = _cat_on_grass()
+    plain = explain_prediction(default_classifier, grass, faithfulness=False)
+    detailed = explain_prediction(default_classifier, grass, faithfulness=False, guided=True)
+    energy = {name: e.heatmap[on_cat].sum() / e.heatmap.sum() for name, e in (("plain", plain), ("detail", detailed))}
+    assert energy["detail"] > energy["plain"] > 0.5, energy
+    assert detailed.heatmap[on_cat & seen].mean() > 5 * detailed.heatmap[seen & ~on_cat].mean()
 
 
 @pytest.mark.slow
