@@ -22,7 +22,8 @@ methods and layers on the same images and adds one row per setting to the report
 
 Speed (always): on the default model and the bundled coffee photo, interleaved round by round,
 (a) the forward pass on prepared ``pixel_values``, (b) ``explain_prediction`` with Grad-CAM
-and no faithfulness test, (c) the same with the deletion test, then the other CAM methods
+and no faithfulness test, (c) the same with the deletion test, (d) with pixel detail (guided
+backpropagation: one more backward pass, to the input), then the other CAM methods
 (ScoreCAM only with ``--with-scorecam``: 1280 forward passes per call on this model).
 EigenCAM and ScoreCAM are timed in loops of their own: EigenCAM's SVD leaves NumPy's BLAS
 threads spinning, which slowed the next call in a round from 12 to 29 ms on a 2-core machine.
@@ -451,7 +452,7 @@ def load_photo():
 
 
 def speed_variants(classifier, photo, methods: Sequence[str]) -> dict[str, Callable[[], object]]:
-    """The timed calls, in round-robin order: forward, Grad-CAM, Grad-CAM + deletion test, other methods."""
+    """The timed calls, in round-robin order: forward, Grad-CAM, + deletion test, + pixel detail, other methods."""
     import torch
 
     from pipelines.explanation import explain_prediction
@@ -466,6 +467,9 @@ def speed_variants(classifier, photo, methods: Sequence[str]) -> dict[str, Calla
         "forward": forward,
         "gradcam": lambda: explain_prediction(classifier, photo, method="gradcam", faithfulness=False),
         "gradcam_with_faithfulness": lambda: explain_prediction(classifier, photo, method="gradcam"),
+        "gradcam_with_pixel_detail": lambda: explain_prediction(
+            classifier, photo, method="gradcam", faithfulness=False, guided=True
+        ),
     }
     for method in methods:
         variants[method] = lambda method=method: explain_prediction(

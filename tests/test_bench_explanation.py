@@ -332,7 +332,13 @@ def test_main_writes_and_prints_the_report(parts_data, tmp_path, capsys):
     speed = report["speed"]
     assert speed["image"]["explained_label"] == "espresso"
     methods = {*bench.INTERLEAVED_METHODS, *bench.ISOLATED_METHODS}
-    assert set(speed["latency"]) == {"forward", "gradcam", "gradcam_with_faithfulness", *methods}
+    assert set(speed["latency"]) == {
+        "forward",
+        "gradcam",
+        "gradcam_with_faithfulness",
+        "gradcam_with_pixel_detail",
+        *methods,
+    }
     assert speed["cam_grid"] == [7, 7]
     assert speed["ratios"]["gradcam_over_forward"] > 0  # one round on a shared machine: no timing claims
     assert set(report["goals"]) == {"gradcam_within_3x_of_forward", "energy_share_mean_at_least_0.6"}
