@@ -23,7 +23,7 @@ methods and layers on the same images and adds one row per setting to the report
 Speed (always): on the default model and the bundled coffee photo, interleaved round by round,
 (a) the forward pass on prepared ``pixel_values``, (b) ``explain_prediction`` with Grad-CAM
 and no faithfulness test, (c) the same with the deletion test, (d) with pixel detail (guided
-backpropagation: one more backward pass, to the input), then the other CAM methods
+backpropagation: a copy of the model, a forward and a backward pass to the input), then the other CAM methods
 (ScoreCAM only with ``--with-scorecam``: 1280 forward passes per call on this model).
 EigenCAM and ScoreCAM are timed in loops of their own: EigenCAM's SVD leaves NumPy's BLAS
 threads spinning, which slowed the next call in a round from 12 to 29 ms on a 2-core machine.
@@ -416,7 +416,7 @@ def setting_name(method: str, layer: str | None, guided: bool) -> str:
 def compare_localisation(
     model_dir: str | os.PathLike, data_dir: Path, n: int, settings: Sequence[tuple[str, str | None, bool]]
 ) -> list[dict]:
-    """:func:`measure_localisation` for each ``(method, layer, guided)`` on the same images, one compact row each."""
+    """:func:`measure_localisation` for each ``(method, layer, guided)`` on the same images, a row each."""
     rows = []
     for method, layer, guided in settings:
         report = measure_localisation(model_dir, data_dir, n, method=method, layer=layer, guided=guided)
@@ -601,7 +601,7 @@ def run_benchmark(
 ) -> dict:
     """Measure everything and return the report (a JSON-ready dict).
 
-    ``compare`` lists further ``(method, layer)`` settings to localise with (see ``--compare``).
+    ``compare`` lists further ``(method, layer, guided)`` settings to localise with (see ``--compare``).
     """
     machine = machine_info()  # first, so the load average is the one before we add to it
     speed = measure_speed(rounds, warmup, with_scorecam)
@@ -709,27 +709,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"`python -m train.datasets parts --out {args.parts_data}` (the data the model was trained on)"
         )
     layers = [layer for layer in (args.layer, *(lay for _, lay, _ in args.compare)) if layer]
-    if layers and args.parts_model is not None:
-        problem = layer_problem(args.parts_model, layers)
+    guided = args.guided or any(is_guided for _, _, is_guided in args.compare)
+    if (layers or guided) and args.parts_model is not None:
+        problem = setting_problem(args.parts_model, layers, guided)
         if problem:
             parser.error(problem)
     return args
 
 
-def layer_problem(model_dir: Path, layers: Sequence[str]) -> str | None:
-    """Why one of ``layers`` cannot be used on the model in ``model_dir`` (None: all fine).
+def setting_problem(model_dir: Path, layers: Sequence[str], guided: bool) -> str | None:
+    """Why the model in ``model_dir`` cannot take one of ``layers`` or pixel detail (None: all fine).
 
     Checked before the minutes of timing, so a typo does not cost the whole run.
     """
     from pipelines.classification import ImageClassifier
-    from pipelines.explanation import ExplanationError, check_layer
+    from pipelines.explanation import ExplanationError, check_guided, check_layer
 
     model = ImageClassifier.from_pretrained(model_dir).model
-    for layer in layers:
-        try:
+    try:
+        for layer in layers:
             check_layer(model, layer)
-        except ExplanationError as error:
-            return f"--layer/--compare: {error}"
+        if guided:
+            check_guided(model)
+    except ExplanationError as error:
+        return f"--layer/--compare/--guided: {error}"
     return None
 
 

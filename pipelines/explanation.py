@@ -587,12 +587,39 @@ def _compute_cam(
 # Pixel detail: guided backpropagation
 
 
-def _check_guided(model: torch.nn.Module) -> None:
-    if not any(isinstance(module, (torch.nn.ReLU, torch.nn.ReLU6)) for module in model.modules()):
-        raise ExplanationError(
-            f"pixel detail (guided backpropagation) needs ReLU activations, and this "
-            f"{type(model).__name__} has none (it uses GELU or SiLU). Explain without guided=True."
-        )
+# Where activation modules are defined; a module of these packages that is not a ReLU, a gate or
+# attention is an activation guided backpropagation cannot handle (GELU, SiLU, Hardswish, ...).
+_ACTIVATION_MODULES = ("torch.nn.modules.activation", "transformers.activations", "timm.layers.activations")
+_GUIDED_ACTIVATIONS = (torch.nn.ReLU, torch.nn.ReLU6)
+# Gates (squeeze-excitation, attention weights) and outputs pass gradients through unchanged.
+_GATES = (torch.nn.Sigmoid, torch.nn.Hardsigmoid, torch.nn.Softmax, torch.nn.LogSoftmax, torch.nn.MultiheadAttention)
+
+
+def check_guided(model: torch.nn.Module) -> None:
+    """Refuse pixel detail for a network whose activations are not all ReLU or ReLU6.
+
+    Guided backpropagation is defined for ReLUs; on a network that mixes in GELU, SiLU or
+    Hardswish it would guide some layers and not others. (A ReLU called as a function inside a
+    ``forward`` cannot be swapped or seen here.)
+
+    Raises:
+        ExplanationError: Naming the other activations found and how to turn pixel detail off.
+    """
+    others: dict[str, int] = {}
+    relus = 0
+    for module in model.modules():
+        if isinstance(module, _GUIDED_ACTIVATIONS):
+            relus += 1
+        elif type(module).__module__.startswith(_ACTIVATION_MODULES) and not isinstance(module, _GATES):
+            others[type(module).__name__] = others.get(type(module).__name__, 0) + 1
+    if relus and not others:
+        return
+    found = ", ".join(f"{name} x{count}" for name, count in sorted(others.items())) or "no activation modules"
+    raise ExplanationError(
+        f"pixel detail (guided backpropagation) needs a network whose activations are all ReLU or ReLU6; this "
+        f"{type(model).__name__} has {found}{f' besides {relus} ReLU' if relus and others else ''}. "
+        "Untick 'Pixel detail' (guided=False in Python); the plain heatmap works for every network."
+    )
 
 
 def _guided_view(model: torch.nn.Module) -> torch.nn.Module:
@@ -603,10 +630,9 @@ def _guided_view(model: torch.nn.Module) -> torch.nn.Module:
     the gradient is still cut where the forward pass saturated at 6.
 
     Raises:
-        ExplanationError: The model has no ReLU or ReLU6 (GELU or SiLU networks such as ViT,
-            ConvNeXt or EfficientNet): guided backpropagation is not defined for them.
+        ExplanationError: See :func:`check_guided`.
     """
-    _check_guided(model)
+    check_guided(model)
     view = _frozen_view(model)
     replace_all_layer_type_recursive(view, torch.nn.ReLU, GuidedBackpropReLUasModule())
     replace_all_layer_type_recursive(
@@ -625,7 +651,7 @@ def _guided_gradients(model: torch.nn.Module, pixel_values: torch.Tensor, target
     with torch.inference_mode(False), torch.enable_grad():
         pixels = pixel_values.detach().clone().requires_grad_(True)
         view(pixel_values=pixels).logits[0, target_index].backward()
-    return pixels.grad[0].abs().sum(dim=0).numpy()
+    return pixels.grad[0].abs().sum(dim=0).float().cpu().numpy()
 
 
 def _with_pixel_detail(cam: np.ndarray, gradients: np.ndarray) -> np.ndarray:
@@ -895,7 +921,7 @@ def explain_prediction(
     target_index = _target_index(classifier, target)
     layer_name, rule = _resolve_layer(classifier.model, layer)
     if guided:
-        _check_guided(classifier.model)
+        check_guided(classifier.model)
     rgb = load_image(image)
 
     pixel_values = classifier.preprocess([rgb])

@@ -297,11 +297,20 @@ def test_a_bad_compare_layer_is_refused_before_any_timing(parts_data, tmp_path, 
     with pytest.raises(SystemExit):
         bench.parse_args([*argv, "--compare", "gradcam", "layercam@resnet.encoder.stage.0"])
     error = capsys.readouterr().err
-    assert "--layer/--compare: layer='resnet.encoder.stage.0' is not a module" in error
+    assert "--layer/--compare/--guided: layer='resnet.encoder.stage.0' is not a module" in error
     assert "resnet.encoder.stages.0" in error  # the valid candidates are listed
     assert bench.parse_args([*argv, "--compare", "guided-layercam@resnet.encoder.stages.0"]).compare == [
         ("layercam", "resnet.encoder.stages.0", True)
     ]
+
+
+def test_pixel_detail_on_a_network_without_relus_is_refused_before_any_timing(parts_data, tmp_path, capsys):
+    model_dir = _tiny_parts_classifier("vit", tmp_path / "vit")
+    with pytest.raises(SystemExit):
+        bench.parse_args(
+            ["--parts-model", str(model_dir), "--parts-data", str(parts_data), "--compare", "guided-gradcam"]
+        )
+    assert "--layer/--compare/--guided: pixel detail (guided backpropagation) needs" in capsys.readouterr().err
 
 
 def test_no_parts_model_means_localisation_is_skipped(monkeypatch, tmp_path):

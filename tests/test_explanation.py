@@ -223,8 +223,33 @@ def test_pixel_detail_leaves_the_served_model_untouched(resnet, wide_photo):
 @pytest.mark.parametrize("family", ["vit-wide", "convnext"])
 def test_pixel_detail_is_refused_without_relus(family, tiny_dirs, wide_photo):
     classifier = ImageClassifier.from_pretrained(tiny_dirs(family)[0])
-    with pytest.raises(ExplanationError, match=r"needs ReLU activations.*uses GELU or SiLU.*without guided=True"):
+    with pytest.raises(
+        ExplanationError, match=r"all ReLU or ReLU6; .* has GELUActivation x\d+\. Untick 'Pixel detail'"
+    ):
         explain_prediction(classifier, wide_photo, guided=True)
+
+
+def test_pixel_detail_is_refused_for_networks_that_mix_in_other_activations():
+    import timm
+
+    mixed = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=3)  # ReLU and Hardswish
+    with pytest.raises(ExplanationError, match=r"has Hardswish x\d+ besides \d+ ReLU"):
+        explanation_module.check_guided(mixed)
+
+
+def test_guided_gradients_pass_only_positive_signals_through_relus(resnet, wide_photo):
+    model = resnet.model
+    view = explanation_module._guided_view(model)
+    bare = [m for m in view.modules() if type(m) in (torch.nn.ReLU, torch.nn.ReLU6)]
+    assert bare == [] and any(type(m).__name__ == "GuidedBackpropReLUasModule" for m in view.modules())
+    pixel_values = resnet.preprocess([wide_photo])
+    guided = explanation_module._guided_gradients(model, pixel_values, 0)
+    with torch.enable_grad():
+        pixels = pixel_values.clone().requires_grad_(True)
+        explanation_module._frozen_view(model)(pixel_values=pixels).logits[0, 0].backward()
+    plain = pixels.grad[0].abs().sum(dim=0).numpy()
+    assert guided.shape == plain.shape and guided.max() > 0
+    assert np.corrcoef(guided.ravel(), plain.ravel())[0, 1] < 0.95  # the guided ReLUs changed the signal
 
 
 def test_token_grids_of_any_shape_are_laid_out(tiny_vit_dir, tiny_dirs):
