@@ -51,7 +51,7 @@ $(LOC_DATA)/dataset_info.json: | venv
 	$(PY) -m train.datasets parts --out $(LOC_DATA) --size 448 --seed 0 --overwrite
 
 $(LOC_RUN)/model.safetensors: $(LOC_DATA)/dataset_info.json | venv
-	HF_HUB_OFFLINE=1 $(PY) -m train.image_classification --model_name_or_path default --image_size 448x448 \
+	HF_HUB_OFFLINE=1 $(PY) -m train.classification.train --model_name_or_path default --image_size 448x448 \
 		--train_dir $(LOC_DATA)/train --validation_dir $(LOC_DATA)/validation --test_dir $(LOC_DATA)/test \
 		--learning_rate 1e-3 --per_device_train_batch_size 32 --num_train_epochs 4 --seed 0 --disable_tqdm true \
 		--output_dir $(LOC_RUN) --overwrite_output_dir true

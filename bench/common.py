@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 _MEBIBYTE = 1024 * 1024
+# Where every benchmark writes its JSON and its generated data (git-ignored).
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class AppStartError(RuntimeError):

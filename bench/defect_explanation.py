@@ -22,16 +22,16 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.common import machine_info, publish_report
-from bench.explanation import energy_share, pointing_hit
-from bench.segmentation import RESULTS, held_out_set
+from bench.common import RESULTS, machine_info, publish_report
+from common.checkpoint_files import CONFIG_FILE
+from datagen.steel import SteelImage, held_out_steel
+from pipelines.explanation import energy_share, pointing_hit
 from pipelines.registry import PROJECT_MODELS_DIR
-from train import segmentation_data as seg
 
 DEFAULT_OUT = RESULTS / "defect_explanation.json"
 
 
-def measure(model_dir: Path, data: seg.SegmentationData, method: str, layer: str | None) -> dict:
+def measure(model_dir: Path, data: list[SteelImage], method: str, layer: str | None) -> dict:
     """Score the defect explanations of the segmenter in ``model_dir`` on every image of ``data``."""
     from common.image_io import load_image
     from pipelines.explanation import ExplanationError, candidate_layers, explain_defect
@@ -43,12 +43,12 @@ def measure(model_dir: Path, data: seg.SegmentationData, method: str, layer: str
         last = ", ".join(candidate_layers(segmenter.model)[-5:])
         raise ValueError(f"--layer {layer!r} is not a layer of {model_dir}; the deepest valid ones: {last}")
     records, unexplained, layer_name = [], 0, None
-    for example in data.splits["train"].with_format(None):
-        truth = seg.decode_mask(example)
+    for example in data:
+        truth = example.mask
         image = None
         for class_id in np.unique(truth[(truth > 0) & (truth != 255)]):
             if image is None:
-                image = load_image(seg.image_source(example))
+                image = load_image(example.path)
             try:
                 explanation = explain_defect(
                     segmenter, image, class_id=int(class_id), method=method, layer=layer, faithfulness=False
@@ -59,7 +59,7 @@ def measure(model_dir: Path, data: seg.SegmentationData, method: str, layer: str
             mask = truth == class_id
             layer_name = explanation.layer_name
             records.append({
-                "image": example[seg.IMAGE_ID],
+                "image": example.image_id,
                 "class": segmenter.id2label[int(class_id)],
                 "energy_share": round(energy_share(explanation.heatmap, mask), 4),
                 "mask_area_share": round(float(mask.mean()), 4),
@@ -106,12 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n must be at least 1, got {args.n}")
-    if not (args.model / "config.json").is_file():
+    if not (args.model / CONFIG_FILE).is_file():
         report = {"benchmark": "defect_explanation", "skipped": f"no checkpoint at --model {args.model}"}
         publish_report(report, args.out, report["skipped"])
         return 0
     try:
-        data = held_out_set(RESULTS / "data", args.n, args.seed)
+        data = held_out_steel(RESULTS / "data", args.n, args.seed)
         measured = measure(args.model, data, args.method, args.layer)
     except ValueError as error:
         parser.error(str(error))

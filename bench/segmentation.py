@@ -23,39 +23,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 
-from bench.common import latency_stats, machine_info, time_round_robin
+from bench.common import RESULTS, latency_stats, machine_info, time_round_robin
 from common.image_io import load_image
+from common.segmentation_scores import segmentation_metrics
+from datagen.steel import SteelImage, held_out_steel
 from pipelines.registry import PROJECT_MODELS_DIR
 from pipelines.segmentation import DefectSegmenter
-from train import segmentation_data as seg
-from train.segmentation_metrics import segmentation_metrics
-from train.synthetic_steel import write_steel
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def held_out_set(root: Path, n: int, seed: int) -> seg.SegmentationData:
-    """Generate (once) and load ``n`` steel images drawn with ``seed``."""
-    folder = root / f"steel-heldout-seed{seed}-n{n}"
-    if not (folder / "train.csv").is_file():
-        write_steel(folder, n=n, seed=seed)
-    return seg.load_kaggle(folder)
+def score(segmenter: DefectSegmenter, images: list[SteelImage]) -> dict[str, float]:
+    """Severstal Dice and friends of ``segmenter`` over ``images``."""
+    predicted = [segmenter.segment(load_image(image.path)).label_map for image in images]
+    truth = np.stack([image.mask for image in images])
+    return segmentation_metrics(np.stack(predicted), truth, segmenter.id2label)
 
 
-def score(segmenter: DefectSegmenter, data: seg.SegmentationData) -> dict[str, float]:
-    """Severstal Dice and friends of ``segmenter`` over every image of ``data``."""
-    split = data.splits["train"].with_format(None)
-    predicted, truth = [], []
-    for example in split:
-        image = load_image(seg.image_source(example))
-        predicted.append(segmenter.segment(image).label_map)
-        truth.append(seg.decode_mask(example))
-    return segmentation_metrics(np.stack(predicted), np.stack(truth), segmenter.id2label)
-
-
-def all_empty_score(data: seg.SegmentationData, id2label: dict[int, str]) -> dict[str, float]:
+def all_empty_score(images: list[SteelImage], id2label: dict[int, str]) -> dict[str, float]:
     """The same scores for answering "no defects" everywhere: the floor any model must beat."""
-    truth = np.stack([seg.decode_mask(example) for example in data.splits["train"].with_format(None)])
+    truth = np.stack([image.mask for image in images])
     return segmentation_metrics(np.zeros_like(truth), truth, id2label)
 
 
@@ -81,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
 
     alone = DefectSegmenter.from_pretrained(args.model, tile_width=512)
     two_stage = DefectSegmenter.from_pretrained(args.model, stage1=args.stage1, tile_width=512)
-    data = held_out_set(RESULTS / "data", args.n, args.seed)
-    strip = load_image(seg.image_source(data.splits["train"].with_format(None)[0]))
+    data = held_out_steel(RESULTS / "data", args.n, args.seed)
+    strip = load_image(data[0].path)
     samples = time_round_robin(
         {"segmenter_only": lambda: alone.segment(strip), "two_stage": lambda: two_stage.segment(strip)},
         rounds=args.rounds,
@@ -102,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             "n": args.n,
             "seed": args.seed,
             "image_size": list(strip.size[::-1]),
-            "defective_images": sum(any(d) for d in data.splits["train"][seg.DEFECTS]),
+            "defective_images": sum(image.defective for image in data),
         },  # fmt: skip
         "latency_ms": latency,
         "two_stage_over_segmenter_latency": round(

@@ -1,4 +1,4 @@
-"""How fast and how well ``train.image_classification`` fine-tunes the default model on this CPU.
+"""How fast and how well ``train.classification.train`` fine-tunes the default model on this CPU.
 
 For each data set (``digits``: real handwritten scans; ``parts``: generated machine parts with
 non-part images for open-set rejection) this writes the data once under ``--data-root``, then
@@ -34,13 +34,20 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from bench.common import log_tail, machine_info, publish_report
+from common.checkpoint_files import (
+    ALL_RESULTS_FILE,
+    EVAL_RESULTS_FILE,
+    TEST_RESULTS_FILE,
+    TRAIN_RESULTS_FILE,
+    TRAINER_STATE_FILE,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "train_classification.json"
 DEFAULT_DATA_ROOT = RESULTS / "data"
 DEFAULT_RUNS_DIR = RESULTS / "runs"
-TRAIN_MODULE = "train.image_classification"
+TRAIN_MODULE = "train.classification.train"
 DATA_PLACEHOLDER = "{data}"  # replaced by the data set's folder in every recipe flag
 SEED = 0  # passed explicitly so the fp32 and bf16 runs provably share it
 STDERR_TAIL_LINES = 30
@@ -49,7 +56,7 @@ STDERR_TAIL_LINES = 30
 GOAL_TEST_ACCURACY = 0.99
 GOAL_CPU_S = 600.0
 
-# One recipe per data set: the flags of `python -m train.image_classification` besides the
+# One recipe per data set: the flags of `python -m train.classification.train` besides the
 # data folders, output folder and seed, which training_args adds. Progress bars are off because
 # the output goes to log files.
 RECIPES: dict[str, list[str]] = {
@@ -107,7 +114,7 @@ def ensure_dataset(name: str, root: Path, writers: Mapping[str, Callable[..., di
         per split, and the writer's size and version.
     """
     if writers is None:
-        from train.datasets import GENERATORS
+        from datagen import GENERATORS
 
         writers = GENERATORS
     if name not in writers:
@@ -217,7 +224,7 @@ def clear_previous_run(output_dir: Path) -> None:
     for checkpoint in output_dir.glob("checkpoint-*"):
         if checkpoint.is_dir():
             shutil.rmtree(checkpoint)
-    for name in ("train_results.json", "eval_results.json", "test_results.json", "all_results.json"):
+    for name in (TRAIN_RESULTS_FILE, EVAL_RESULTS_FILE, TEST_RESULTS_FILE, ALL_RESULTS_FILE):
         (output_dir / name).unlink(missing_ok=True)
 
 
@@ -295,16 +302,16 @@ def read_results(output_dir: Path) -> dict:
     forward + backward speed. Missing files leave their figures ``None`` and are listed.
     """
     output_dir = Path(output_dir)
-    train = _read_json(output_dir / "train_results.json")
-    evaluation = _read_json(output_dir / "eval_results.json")
-    test = _read_json(output_dir / "test_results.json")
-    state = _read_json(output_dir / "trainer_state.json")
+    train = _read_json(output_dir / TRAIN_RESULTS_FILE)
+    evaluation = _read_json(output_dir / EVAL_RESULTS_FILE)
+    test = _read_json(output_dir / TEST_RESULTS_FILE)
+    state = _read_json(output_dir / TRAINER_STATE_FILE)
     missing = [
         name
         for name, content in (
-            ("train_results.json", train),
-            ("eval_results.json", evaluation),
-            ("test_results.json", test),
+            (TRAIN_RESULTS_FILE, train),
+            (EVAL_RESULTS_FILE, evaluation),
+            (TEST_RESULTS_FILE, test),
         )
         if content is None
     ]

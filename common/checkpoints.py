@@ -13,6 +13,7 @@ from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
 
+from common.checkpoint_files import CONFIG_FILE
 from common.default_model import DEFAULT_MODEL, default_checkpoint_dir
 
 # "owner/name" or "name" with the characters the Hub allows; anything else is a path.
@@ -50,7 +51,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> tuple[str, bool]:
                 f"Model '{text}' is a file; give the checkpoint directory that holds config.json "
                 "(the folder written by save_pretrained or by python -m train...)."
             )
-        if not (path / "config.json").is_file():
+        if not (path / CONFIG_FILE).is_file():
             raise ModelLoadError(
                 f"Model directory '{text}' has no config.json, so it is not a saved checkpoint. "
                 "Point to the folder written by save_pretrained (it holds config.json and model.safetensors)."
@@ -92,3 +93,21 @@ def load_pretrained(auto_class, name_or_path: str | os.PathLike, **kwargs):
             "If this machine is offline, save the model on a connected machine (save_pretrained) and "
             "pass that directory instead, or use 'default'."
         ) from error
+
+
+def load_image_processor(name_or_path: str | os.PathLike, **kwargs):
+    """The checkpoint's image processor, asking for a backend its model type really has.
+
+    transformers prefers a torchvision processor and logs "Requested torchvision backend is not
+    available. Falling back to pil backend." for model types that only have a PIL one (the timm
+    wrapper behind the default model), which reads like a broken install. Naming the backend
+    that exists keeps the log quiet without changing the processor.
+    """
+    from transformers import AutoConfig, AutoImageProcessor
+    from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
+
+    model_type = load_pretrained(AutoConfig, name_or_path).model_type
+    backends = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
+    if backends and "torchvision" not in backends:
+        kwargs.setdefault("backend", next(iter(backends)))
+    return load_pretrained(AutoImageProcessor, name_or_path, **kwargs)

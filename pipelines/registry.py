@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.checkpoint_files import CONFIG_FILE
 from common.checkpoints import ModelLoadError
 from common.default_model import DEFAULT_MODEL
 from pipelines.classification import ImageClassifier
@@ -26,7 +27,7 @@ class ModelChoice:
 def is_classifier_checkpoint(directory: Path) -> bool:
     """True for a saved checkpoint whose architecture is an image classifier."""
     try:
-        config = json.loads((directory / "config.json").read_text())
+        config = json.loads((directory / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError):
         return False
     return any(name.endswith("ForImageClassification") for name in config.get("architectures") or [])
@@ -115,7 +116,7 @@ class LazySegmenter:
         if self.model_dir is None:
             raise ModelLoadError(
                 "No defect segmentation model is available: put one in models/steel-segformer "
-                "(python -m train.semantic_segmentation ...) or start the app with --segmenter DIR."
+                "(python -m train.segmentation.train ...) or start the app with --segmenter DIR."
             )
         with self._lock:
             if self._segmenter is None:
@@ -130,7 +131,7 @@ class LazySegmenter:
         if self.model_dir is None:
             return {}
         try:
-            config = json.loads((Path(self.model_dir) / "config.json").read_text())
+            config = json.loads((Path(self.model_dir) / CONFIG_FILE).read_text())
         except (OSError, json.JSONDecodeError):
             return {}
         return {int(index): name for index, name in (config.get("id2label") or {}).items()}

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from common.preprocessing import InputGeometry
-from train.augment import AugmentConfig, train_transform
+from train.classification.augment import AugmentConfig, train_transform
 
 
 def _strip_geometry(height: int, width: int) -> InputGeometry:

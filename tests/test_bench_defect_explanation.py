@@ -7,9 +7,8 @@ import json
 import pytest
 
 from bench import defect_explanation as bench
+from datagen.steel import read_steel, write_steel
 from pipelines.registry import PROJECT_MODELS_DIR
-from train import segmentation_data as seg
-from train.synthetic_steel import write_steel
 
 SEGMENTER = PROJECT_MODELS_DIR / "steel-segformer"
 
@@ -18,7 +17,7 @@ SEGMENTER = PROJECT_MODELS_DIR / "steel-segformer"
 def fresh_steel(tmp_path_factory):
     folder = tmp_path_factory.mktemp("steel")
     write_steel(folder, n=6, seed=7)
-    return seg.load_kaggle(folder)
+    return read_steel(folder)
 
 
 def test_demo_segmenter_heatmaps_sit_on_the_defect(fresh_steel):

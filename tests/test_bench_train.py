@@ -122,7 +122,7 @@ def test_paths_inside_the_repository_are_shown_relative():
     assert bench.display_path(bench.ROOT / "bench" / "results" / "data") == "bench/results/data"
     command = bench.shell_command(["--output_dir", "bench/results/runs/digits"])
     assert command.startswith("HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ")
-    assert command.endswith("-m train.image_classification --output_dir bench/results/runs/digits")
+    assert command.endswith("-m train.classification.train --output_dir bench/results/runs/digits")
 
 
 def test_bf16_run_follows_its_fp32_twin():
@@ -199,8 +199,8 @@ def test_arguments_are_checked_by_flag():
 @pytest.mark.slow
 def test_short_benchmark_trains_reports_and_leaves_loadable_checkpoints(tiny_vit_dir, tmp_path, capsys):
     from pipelines.classification import ImageClassifier
-    from train.digits import write_digits
-    from train.synthetic_parts import write_parts
+    from datagen.digits import write_digits
+    from datagen.parts import write_parts
 
     data_root, runs_dir, out = tmp_path / "data", tmp_path / "runs", tmp_path / "report.json"
     # Small images and a handful of parts keep the two trainings to seconds each.

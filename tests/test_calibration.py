@@ -9,15 +9,12 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from train.calibration import (
-    CalibrationRecord,
-    OpenSetRule,
-    energy_score,
+from common.calibration import CalibrationRecord, OpenSetRule, energy_score, softmax
+from train.classification.calibration import (
     expected_calibration_error,
     fit_rejection_threshold,
     fit_temperature,
     rejection_rates,
-    softmax,
 )
 
 

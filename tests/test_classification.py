@@ -12,7 +12,8 @@ from PIL import Image
 
 from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import ImageLoadError
-from pipelines.classification import ImageClassifier, main
+from pipelines.classification import ImageClassifier
+from pipelines.classification.cli import main
 from tests.conftest import TINY_LABELS
 
 

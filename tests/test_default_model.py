@@ -112,3 +112,30 @@ def test_unwritable_cache_names_the_setting_to_change(tmp_path):
 def test_cache_location_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("VISPECT_CACHE", str(tmp_path / "mine"))
     assert default_model.cache_root() == tmp_path / "mine"
+
+
+def test_the_card_gives_the_published_accuracy_with_its_source(default_dir):
+    card = (default_dir / "README.md").read_text()
+    assert "75.1%" in card and "tensorflow/tpu" in card and "not measured by this project" in card
+
+
+def test_loading_the_default_model_logs_no_backend_fallback(default_dir):
+    # transformers warns "Requested torchvision backend is not available. Falling back to pil
+    # backend." once per process when asked for a backend the timm wrapper lacks; a fresh
+    # process shows whether the loader asks for the one that exists.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        f"from pipelines.classification import ImageClassifier; ImageClassifier.from_pretrained({str(default_dir)!r})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert "backend" not in result.stderr.lower(), result.stderr

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 
 from pipelines.registry import PROJECT_MODELS_DIR, LazySegmenter
 from pipelines.segmentation import DefectSegmenter
-from train import segmentation_data as seg
-from train.segmentation_metrics import segmentation_metrics
-from train.synthetic_steel import write_steel
+from train.segmentation import data as seg
+from common.segmentation_scores import segmentation_metrics
+from datagen.steel import write_steel
 
 SEGMENTER = PROJECT_MODELS_DIR / "steel-segformer"
 STAGE1 = PROJECT_MODELS_DIR / "steel-stage1"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from transformers import EvalPrediction
 
-from train.metrics import (
+from train.classification.metrics import (
     classification_metrics,
     compute_metrics_fn,
     multilabel_metrics,

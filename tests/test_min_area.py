@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from train.segmentation_metrics import dice_per_pair, fit_min_areas
+from common.segmentation_scores import dice_per_pair
+from train.segmentation.postprocessing import fit_min_areas
 
 
 def test_small_false_positives_are_cleared_and_large_true_masks_kept():

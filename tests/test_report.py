@@ -7,7 +7,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from train.calibration import softmax
+from common.calibration import softmax
 from train.report import (
     plot_confusion_matrix,
     plot_misclassified,
@@ -118,7 +118,7 @@ def test_model_card_has_metadata_metrics_and_sections(tmp_path):
         },
         intended_use="Sorting fasteners on the assembly line.",
         limitations=["Trained on studio photos only.", "Three classes."],
-        command="python -m train.image_classification --output_dir out",
+        command="python -m train.classification.train --output_dir out",
     )
     assert path == tmp_path / "README.md"
     metadata, body = _read_card(path)
@@ -133,7 +133,7 @@ def test_model_card_has_metadata_metrics_and_sections(tmp_path):
     assert "| temperature | 1.734 |" in body
     assert "| rejection.threshold | 0.42 |" in body
     assert "hex | nut" in body  # the class list is not a table, so no escaping there
-    assert "python -m train.image_classification --output_dir out" in body
+    assert "python -m train.classification.train --output_dir out" in body
     assert "- Trained on studio photos only." in body
     headings = [line for line in body.splitlines() if line.startswith("## ")]
     assert headings == [

@@ -13,8 +13,8 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from common.rle import rle_encode
-from train.classification_data import DataError
-from train.segmentation_data import (
+from train.data import DataError
+from train.segmentation.data import (
     SegmentationData,
     decode_mask,
     default_id2label,
@@ -24,7 +24,7 @@ from train.segmentation_data import (
     load_mask_folders,
     split_by_image,
 )
-from train.synthetic_steel import steel_sample, write_steel
+from datagen.steel import steel_sample, write_steel
 
 SMALL = {"height": 64, "width": 400}
 N_IMAGES = 40

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from common.calibration import CalibrationRecord
 from common.checkpoints import ModelLoadError
 from common.image_io import ImageLoadError
 from common.rle import rle_decode
@@ -18,11 +20,11 @@ from pipelines.segmentation import (
     DefectSegmenter,
     TileGrid,
     label_map_png,
-    main,
     overlay_masks,
     submission_rows,
     write_submission,
 )
+from pipelines.segmentation.cli import main
 from tests.conftest import save_tiny_stage1
 
 DEFECTS = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
@@ -186,7 +188,7 @@ def test_stage1_removes_the_classes_it_rules_out(segformer_dir, stage1_dir):
 def test_stage1_uses_its_calibrated_thresholds(segformer_dir, tmp_path):
     stage1 = save_tiny_stage1(tmp_path / "stage1", STAGE1_ORDER, [5.0, 5.0, 5.0, 5.0])  # all at sigmoid(5) = 0.993
     thresholds = {"scratches": 0.5, "patches": 0.999, "pitting": 0.5, "crazing": 0.5}
-    (stage1 / "calibration.json").write_text(json.dumps({"multi_label_thresholds": list(thresholds.values())}))
+    CalibrationRecord(1.0, math.nan, math.nan, rejection=None, thresholds=list(thresholds.values())).save(stage1)
     segmenter = DefectSegmenter.from_pretrained(segformer_dir, stage1=stage1)
     _favour_class(segmenter, 4)  # patches everywhere, but stage 1 needs 0.999 to believe it
     segmentation = segmenter.segment(_random_image(40, 60))

@@ -14,8 +14,9 @@ from skimage.measure import label, regionprops
 from skimage.morphology import isotropic_dilation
 
 from common.rle import rle_decode
-from train import synthetic_steel
-from train.synthetic_steel import CLASS_NAMES, draw_steel, steel_sample, write_steel
+from datagen import steel
+from datagen.steel import CLASS_NAMES, draw_steel, read_steel, steel_sample, write_steel
+from train.datasets import main as write_dataset
 
 SMALL = {"height": 64, "width": 400}
 
@@ -191,13 +192,13 @@ def test_crazing_is_a_sparse_network_of_dark_lines():
 def _band_drawer(top, bottom):
     def draw(rng, grey, scale, x_range):
         rows, cols = slice(top, bottom), slice(0, grey.shape[1])
-        return synthetic_steel._Mark(rows, cols, np.ones((bottom - top, grey.shape[1]), dtype=bool))
+        return steel._Mark(rows, cols, np.ones((bottom - top, grey.shape[1]), dtype=bool))
 
     return draw
 
 
 def test_later_defect_wins_where_they_overlap(monkeypatch):
-    monkeypatch.setattr(synthetic_steel, "_DRAWERS", {1: _band_drawer(0, 20), 2: _band_drawer(10, 40)})
+    monkeypatch.setattr(steel, "_DRAWERS", {1: _band_drawer(0, 20), 2: _band_drawer(10, 40)})
     _, mask = draw_steel(np.random.default_rng(0), 64, 400, classes=[1, 2])
     # The middle column is never past a strip edge.
     assert mask[:10, 200].tolist() == [1] * 10 and mask[10:40, 200].tolist() == [2] * 30
@@ -227,10 +228,22 @@ def test_existing_set_is_refused_then_replaced_without_stale_images(tmp_path):
 
 def test_command_line_refuses_a_non_empty_out(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("mine")
-    argv = ["--out", str(tmp_path), "--n", "2", "--seed", "0", "--height", "64", "--width", "400"]
+    argv = ["steel", "--out", str(tmp_path), "--n", "2", "--seed", "0", "--height", "64", "--width", "400"]
     with pytest.raises(SystemExit):
-        synthetic_steel.main(argv)
+        write_dataset(argv)
     assert "--overwrite" in capsys.readouterr().err
-    assert synthetic_steel.main([*argv, "--overwrite"]) == 0
+    assert write_dataset([*argv, "--overwrite"]) == 0
     assert len(list((tmp_path / "train_images").glob("*.jpg"))) == 2
     assert (tmp_path / "notes.txt").read_text() == "mine"  # Only the data set's files are replaced.
+
+
+def test_read_steel_gives_back_the_masks_the_training_loader_reads(tmp_path):
+    from train.segmentation import data as seg
+
+    write_steel(tmp_path, 8, 3, **SMALL)
+    read_back = read_steel(tmp_path)
+    loaded = {example[seg.IMAGE_ID]: seg.decode_mask(example) for example in seg.load_kaggle(tmp_path).splits["train"]}
+    assert [image.image_id for image in read_back] == sorted(loaded)
+    for image in read_back:
+        np.testing.assert_array_equal(image.mask, loaded[image.image_id])
+    assert any(image.defective for image in read_back) and not all(image.defective for image in read_back)

@@ -1,4 +1,4 @@
-"""train/image_classification.py end to end on generated data and tiny models."""
+"""train/classification/train.py end to end on generated data and tiny models."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch
 
 from pipelines.classification import ImageClassifier
 from tests.conftest import COLOURS, write_colour_folders
-from train import image_classification as train
-from train.classification_data import DataError
+from train.classification import train
+from train.data import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT_FILES = [
@@ -198,7 +198,7 @@ def test_refuses_a_missing_train_dir(tiny_vit_dir, tmp_path):
 
 def test_command_line_errors_are_one_line(tiny_vit_dir, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "train.image_classification", "--model_name_or_path", str(tiny_vit_dir),
+        [sys.executable, "-m", "train.classification.train", "--model_name_or_path", str(tiny_vit_dir),
          "--train_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "o")],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -212,7 +212,7 @@ def test_command_line_errors_are_one_line(tiny_vit_dir, tmp_path):
 _SLOW_STEPS = """
 import sys, time
 from transformers import TrainerCallback
-from train import image_classification as train
+from train.classification import train
 
 class Slow(TrainerCallback):  # makes the kill land mid-training, whatever the machine speed
     def on_step_end(self, args, state, control, **kwargs):
@@ -229,7 +229,7 @@ train.main(sys.argv[1:])
 
 def _run(args, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "train.image_classification", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "train.classification.train", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600, **kwargs)  # fmt: skip
 
 
@@ -281,7 +281,7 @@ def test_two_process_ddp_training_saves_a_model(tiny_vit_dir, colour_folders, tm
     out = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     result = subprocess.run(
-        [str(torchrun), "--nproc_per_node=2", "-m", "train.image_classification",
+        [str(torchrun), "--nproc_per_node=2", "-m", "train.classification.train",
          *_args(tiny_vit_dir, colour_folders, out, "--max_steps", "3", "--per_device_train_batch_size", "4")],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
@@ -303,8 +303,8 @@ def test_image_size_resizes_whole_images_and_is_saved(tiny_timm_dir, colour_fold
 
 
 def test_perfect_validation_does_not_make_every_answer_certain():
-    from train.calibration import softmax
-    from train.classification_report import fit_temperature_without_overreach
+    from common.calibration import softmax
+    from train.classification.report import fit_temperature_without_overreach
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 20)
@@ -315,6 +315,6 @@ def test_perfect_validation_does_not_make_every_answer_certain():
     confidence = softmax(logits, temperature).max(-1).mean()
     assert confidence == pytest.approx(21 / 22, abs=1e-3)  # sharpened only up to the rule of succession
     logits[0] = np.roll(logits[0], 1)  # one error: plain temperature scaling applies
-    from train.calibration import fit_temperature
+    from train.classification.calibration import fit_temperature
 
     assert fit_temperature_without_overreach(logits, labels) == fit_temperature(logits, labels)

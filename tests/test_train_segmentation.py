@@ -11,10 +11,11 @@ import torch
 
 from pipelines.segmentation import DefectSegmenter
 from tests.conftest import save_tiny_stage1
-from train import semantic_segmentation as train_seg
-from train.defect_presence import main as presence_main
-from train.segmentation_metrics import IGNORE_INDEX, clear_ruled_out, dice_per_pair, segmentation_metrics
-from train.synthetic_steel import write_steel
+from train.segmentation import train as train_seg
+from train.segmentation.presence_labels import main as presence_main
+from common.segmentation_scores import IGNORE_INDEX, dice_per_pair, segmentation_metrics
+from train.segmentation.postprocessing import clear_ruled_out
+from datagen.steel import write_steel
 
 ID2LABEL = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
 
@@ -83,13 +84,13 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     assert segmenter.resize_to == (32, 160)
     assert segmenter.tuned_min_area == config["min_area"]
 
-    from train.tune_min_area import main as tune_main
+    from train.segmentation.tune_min_area import main as tune_main
 
     (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "min_area"}))
     assert tune_main([str(out), "--data_dir", str(steel), "--seed", "42", "--resize_to", "32x160"]) == 0
     assert json.loads((out / "config.json").read_text())["min_area"] == config["min_area"]  # same split, same fit
     card = (out / "README.md").read_text()
-    assert card.count("## Post-processing") == 1 and "python -m train.tune_min_area" in card
+    assert card.count("## Post-processing") == 1 and "python -m train.segmentation.tune_min_area" in card
 
     # Stage 1 says patches are absent (sigmoid(-20)) and the rest present: the two-stage set is fitted too.
     stage1 = save_tiny_stage1(tmp_path / "stage1", ["patches", "pitting", "crazing", "scratches"], [-20, 5, 5, 5])
@@ -210,7 +211,7 @@ def test_stage1_csvs_follow_the_segmenter_split(steel, tmp_path):
     labels = {label for r in rows["train"] for label in r["label"].split(";") if label}
     assert labels <= set(ID2LABEL.values()) - {"background"}
     assert any(r["label"] == "" for r in rows["train"])  # clean images stay, with no label
-    from train.segmentation_data import load_kaggle
+    from train.segmentation.data import load_kaggle
 
     truth = {row["image_id"]: row["defects"] for row in load_kaggle(steel).splits["train"]}
     for row in rows["train"]:

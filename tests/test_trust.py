@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from common.checkpoints import ModelLoadError
-from pipelines.classification import ImageClassifier, verdict_text
-from pipelines.trust import TrustSettings
+from pipelines.classification import ImageClassifier
+from ui.classify import verdict_text
+from common.calibration import CalibrationRecord, OpenSetRule
 
 
 @pytest.fixture
@@ -49,10 +50,11 @@ def test_rejection_threshold_answers_unknown(checkpoint, photo_file, method):
 
 
 def test_energy_score_matches_its_definition():
-    trust = TrustSettings(temperature=2.0, rejection_method="energy", rejection_threshold=0.0)
-    logits = torch.tensor([[1.0, 3.0, -2.0]])
+    trust = CalibrationRecord(2.0, 0.1, 0.02, rejection=OpenSetRule("energy", 0.0), thresholds=None)
+    logits = np.array([[1.0, 3.0, -2.0]])
     expected = 2.0 * np.log(np.exp(0.5) + np.exp(1.5) + np.exp(-1.0))
     assert trust.open_set_score(logits).item() == pytest.approx(expected, rel=1e-6)
+    assert not trust.is_unknown(logits)[0]
 
 
 @pytest.mark.parametrize(
@@ -60,7 +62,18 @@ def test_energy_score_matches_its_definition():
     [
         ("{not json", "malformed"),
         (json.dumps({"temperature": -1}), "positive"),
-        (json.dumps({"temperature": 1, "rejection": {"method": "vibes", "threshold": 1}}), "unknown rejection method"),
+        (
+            json.dumps(
+                {
+                    "temperature": 1,
+                    "ece_before": None,
+                    "ece_after": None,
+                    "rejection": {"method": "vibes", "threshold": 1},
+                    "multi_label_thresholds": None,
+                }
+            ),
+            "unknown rejection method",
+        ),
     ],
 )
 def test_a_broken_calibration_file_is_named(checkpoint, content, message):
@@ -71,4 +84,4 @@ def test_a_broken_calibration_file_is_named(checkpoint, content, message):
 
 def test_no_calibration_file_means_raw_scores(checkpoint):
     trust = ImageClassifier.from_pretrained(checkpoint).trust
-    assert trust == TrustSettings() and not trust.calibrated
+    assert trust == CalibrationRecord.uncalibrated() and not trust.calibrated

@@ -5,9 +5,9 @@
 
 Both write ``DIR/{train,validation,test}/<class>/<name>.png`` and ``DIR/dataset_info.json``, so
 ``datasets.load_dataset("imagefolder", data_dir=DIR)`` returns the three labelled splits.
-``parts`` also writes masks and non-part images; see :mod:`train.synthetic_parts`.
+``parts`` also writes masks and non-part images; see :mod:`datagen.parts`.
 
-A data set is a writer function in :data:`GENERATORS`. The CLI passes ``out`` and ``seed`` and
+A data set is a writer function in :data:`datagen.GENERATORS`. The CLI passes ``out`` and ``seed`` and
 only the options the user gave (``size``, ``n_per_class``, ``splits``), as keywords, so each
 writer keeps its own defaults. Registering a writer with that signature is one line.
 """
@@ -21,15 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from train.digits import write_digits
-from train.synthetic_parts import write_parts
-from train.synthetic_steel import write_steel
-
-GENERATORS: dict[str, Callable[..., dict]] = {
-    "digits": write_digits,
-    "parts": write_parts,
-    "steel": write_steel,
-}
+from datagen import GENERATORS
 
 # What --overwrite replaces: PNGs under these folders and the info file, as written by the
 # generators above. Stale images from an earlier run would otherwise stay in the data set

@@ -21,12 +21,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from common.checkpoint_files import ALL_RESULTS_FILE, CONFIG_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE
 from train import report
 
-WEIGHTS = "model.safetensors"
 # Everything a served checkpoint needs or shows; anything else in a run directory is training state.
 KEPT_SUFFIXES = (".json", ".png", ".csv", ".md", ".txt")
-SKIPPED_NAMES = {"trainer_state.json", "all_results.json"}
+SKIPPED_NAMES = {TRAINER_STATE_FILE, ALL_RESULTS_FILE}
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -45,25 +45,25 @@ def export(source: Path, destination: Path, dtype: str = "float16", overwrite: b
             ``destination`` is ``source``, or ``destination`` is not empty and ``overwrite`` is off.
     """
     source, destination = Path(source), Path(destination)
-    if not (source / WEIGHTS).is_file():
-        raise ExportError(f"{source} has no {WEIGHTS}; pass a directory written by save_pretrained (one file).")
+    if not (source / WEIGHTS_FILE).is_file():
+        raise ExportError(f"{source} has no {WEIGHTS_FILE}; pass a directory written by save_pretrained (one file).")
     if source.resolve() == destination.resolve():
         raise ExportError("The destination is the source; export to another directory.")
     if destination.exists() and any(destination.iterdir()) and not overwrite:
         raise ExportError(f"{destination} is not empty; pass --overwrite to replace it.")
-    tensors = load_file(source / WEIGHTS)
+    tensors = load_file(source / WEIGHTS_FILE)
     cast = {name: t.to(DTYPES[dtype]) if t.is_floating_point() else t for name, t in tensors.items()}
 
     staging = destination.with_name(destination.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    save_file(cast, staging / WEIGHTS, metadata={"format": "pt"})
+    save_file(cast, staging / WEIGHTS_FILE, metadata={"format": "pt"})
     # safetensors writes the file owner-only; a model meant to be shipped is readable by all.
-    (staging / WEIGHTS).chmod(0o644)
+    (staging / WEIGHTS_FILE).chmod(0o644)
     for path in sorted(source.iterdir()):
         if path.is_file() and path.suffix in KEPT_SUFFIXES and path.name not in SKIPPED_NAMES:
             shutil.copy2(path, staging / path.name)
-    config_path = staging / "config.json"
+    config_path = staging / CONFIG_FILE
     if config_path.is_file():
         config = json.loads(config_path.read_text())
         config["dtype"] = dtype
@@ -75,7 +75,7 @@ def export(source: Path, destination: Path, dtype: str = "float16", overwrite: b
     return {
         "tensors": len(tensors),
         "cast": sum(t.is_floating_point() for t in tensors.values()),
-        "bytes": (destination / WEIGHTS).stat().st_size,
+        "bytes": (destination / WEIGHTS_FILE).stat().st_size,
     }
 
 

@@ -26,7 +26,8 @@ from PIL import Image
 from sklearn.metrics import confusion_matrix
 
 # The same binning as the ECE, so the bars and the ECE in the title describe the same bins.
-from train.calibration import _confidence_bins, expected_calibration_error, softmax
+from common.calibration import softmax
+from train.classification.calibration import confidence_bins, expected_calibration_error
 
 _DPI = 100
 # Beyond this many classes the confusion matrix stops growing and its tick labels just get smaller.
@@ -392,7 +393,7 @@ def _plot_reliability(ax: Any, probs: np.ndarray, labels: np.ndarray, n_bins: in
     ece = expected_calibration_error(probs, labels, n_bins)
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
-    bins = _confidence_bins(confidence, n_bins)
+    bins = confidence_bins(confidence, n_bins)
     edges = np.linspace(0, 1, n_bins + 1)
     accuracy = np.array([correct[bins == b].mean() if (bins == b).any() else 0.0 for b in range(n_bins)])
     ax.bar(edges[:-1], accuracy, width=1 / n_bins, align="edge", edgecolor="black", alpha=0.7, label="accuracy")

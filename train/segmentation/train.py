@@ -1,7 +1,7 @@
 """Train a defect segmenter (SegFormer or any AutoModelForSemanticSegmentation) with the Trainer.
 
     python -m train.datasets steel --out data/steel --n 600
-    python -m train.semantic_segmentation --data_dir data/steel --model_name_or_path b0 \\
+    python -m train.segmentation.train --data_dir data/steel --model_name_or_path b0 \\
         --output_dir models/steel-segformer --max_steps 1500
 
 ``--model_name_or_path`` takes a checkpoint directory, a hub id, or a SegFormer size
@@ -13,7 +13,6 @@ images with Severstal's Dice. The output directory is a checkpoint that
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
@@ -25,10 +24,8 @@ import torch.nn.functional as F
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from transformers import (
-    AutoImageProcessor,
     AutoModelForSemanticSegmentation,
     EarlyStoppingCallback,
-    HfArgumentParser,
     SegformerConfig,
     SegformerForSemanticSegmentation,
     SegformerImageProcessor,
@@ -36,13 +33,16 @@ from transformers import (
     set_seed,
 )
 
-from common.checkpoints import load_pretrained
+from common.checkpoint_files import PREDICTIONS_PLOT, TRAINING_CURVES_PLOT
+from common.checkpoints import load_image_processor, load_pretrained
 from common.image_io import load_image
+from common.segmentation_rules import forget_min_areas
+from common.segmentation_scores import IGNORE_INDEX, segmentation_metrics
 from train import report
-from train import segmentation_data as seg
-from train.classification_data import DataError
-from train.image_classification import check_output_dir, flags_given
-from train.segmentation_metrics import IGNORE_INDEX, dice_per_pair, fit_min_areas, segmentation_metrics
+from train.arguments import check_output_dir, parse_script_args
+from train.data import DataError
+from train.segmentation import data as seg
+from train.segmentation.postprocessing import describe_min_areas, record_min_areas
 from train.trainer import VispectTrainer
 
 logger = logging.getLogger("vispect.train.segmentation")
@@ -151,15 +151,8 @@ SCRIPT_DEFAULTS = {
 
 
 def parse_args(argv: list[str] | None = None):
-    from train.image_classification import script_defaults
-
-    parser = HfArgumentParser((ModelArguments, DataArguments, RecipeArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        given = json.loads(Path(argv[0]).read_text())
-        return parser.parse_dict({**script_defaults(given, SCRIPT_DEFAULTS), **given})
-    parser.set_defaults(**script_defaults(flags_given(argv), SCRIPT_DEFAULTS))
-    return parser.parse_args_into_dataclasses(args=argv)
+    """Flags (or one .json file) -> (model, data, recipe, training) argument dataclasses."""
+    return parse_script_args((ModelArguments, DataArguments, RecipeArguments, TrainingArguments), SCRIPT_DEFAULTS, argv)
 
 
 def load_data(data_args: DataArguments, seed: int) -> seg.SegmentationData:
@@ -200,12 +193,10 @@ def build_model(name: str, id2label: dict[int, str]):
         label2id=label2id,
         ignore_mismatched_sizes=True,
     )
-    # Minimum areas belong to the weights they were fitted on; training refits "min_area", and a
-    # stale two-stage set would otherwise be served with the new weights.
-    for key in ("min_area", "min_area_two_stage"):
-        if hasattr(model.config, key):
-            delattr(model.config, key)
-    return model, load_pretrained(AutoImageProcessor, name)
+    # Minimum areas belong to the weights they were fitted on; training refits the segmenter-alone
+    # set, and a stale two-stage set would otherwise be served with the new weights.
+    forget_min_areas(model.config)
+    return model, load_image_processor(name)
 
 
 class DefectBiasedCrop:
@@ -280,34 +271,6 @@ def joint_transforms(
         return batch_fn
 
     return apply(train), apply(evaluate)
-
-
-def describe_min_areas(tuned: dict | None, two_stage: dict | None = None, stage1: str | None = None) -> str:
-    """The model card's post-processing text for the minimum areas ``record_min_areas`` fitted.
-
-    ``two_stage`` is the set fitted with the stage-1 classifier ``stage1``, if one was.
-    """
-    if not tuned:
-        return "No minimum areas were fitted: every predicted region is kept."
-    text = (
-        "Per defect class, regions smaller than a minimum area (pixels at the image's resolution) are "
-        "dropped; the areas were fitted on the validation split to maximise mean Dice and are stored "
-        "as `min_area` in `config.json`, where the pipeline and the app read them. Mean Dice on "
-        f"validation went from {tuned['mean_dice_before']:.4f} to {tuned['mean_dice_after']:.4f}.\n\n"
-        + _area_lines(tuned)
-    )
-    if two_stage:
-        text += (
-            "\n\nWith a stage-1 classifier the pipeline uses `min_area_two_stage` instead, fitted the same "
-            f"way after clearing the classes that `{stage1}` rules out; two-stage mean Dice on validation "
-            f"went from {two_stage['mean_dice_before']:.4f} to {two_stage['mean_dice_after']:.4f}.\n\n"
-            + _area_lines(two_stage)
-        )
-    return text
-
-
-def _area_lines(tuned: dict) -> str:
-    return "\n".join(f"- {name}: {pixels} px" for name, pixels in tuned.items() if not name.startswith("mean_dice"))
 
 
 def collate(examples):
@@ -442,27 +405,11 @@ def validation_label_maps(model, split) -> tuple[np.ndarray, np.ndarray]:
     return np.stack(predicted), np.stack(truth)
 
 
-def record_min_areas(
-    model, predicted: np.ndarray, truth: np.ndarray, id2label: dict[int, str], key: str = "min_area"
-) -> dict[str, float]:
-    """Fit per-class minimum areas on validation maps and record them in ``model.config.<key>``.
-
-    ``key`` is ``min_area`` for the segmenter alone and ``min_area_two_stage`` for maps whose
-    classes ruled out by stage 1 were already cleared; ``pipelines/segmentation.py`` applies
-    the one that matches how it runs. Returns mean Dice before and after.
-    """
-    fitted, dice = fit_min_areas(predicted, truth, len(id2label))
-    areas = {id2label[c]: pixels for c, pixels in fitted.items()}
-    setattr(model.config, key, areas)
-    before = dice_per_pair(predicted, truth, len(id2label)).mean()
-    return {"mean_dice_before": float(before), "mean_dice_after": float(dice.mean()), **areas}
-
-
 def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, recipe, training_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
-    resume_from = check_output_dir(training_args, recipe)
+    resume_from = check_output_dir(training_args, recipe.overwrite_output_dir)
     data = load_data(data_args, training_args.seed)
     if training_args.should_log:
         for name, split in data.splits.items():
@@ -510,8 +457,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if trainer.is_world_process_zero():
         trainer.save_metrics("eval", metrics)
         out = Path(training_args.output_dir)
-        plot_predictions(data.splits["validation"], trainer, data.id2label, out / "predictions.png")
-        report.plot_training_curves(trainer.state.log_history, out / "training_curves.png")
+        plot_predictions(data.splits["validation"], trainer, data.id2label, out / PREDICTIONS_PLOT)
+        report.plot_training_curves(trainer.state.log_history, out / TRAINING_CURVES_PLOT)
         names = [data.id2label[i] for i in sorted(data.id2label)]
         report.write_model_card(
             out / "README.md",
@@ -539,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 "Trained on the data named above; real strips with other lighting or defect looks need retraining.",
                 "Dice is averaged over (image, class) pairs, where empty pairs count as perfect.",
             ],
-            command=" ".join(["python -m train.semantic_segmentation", *(sys.argv[1:] if argv is None else argv)]),
+            command=" ".join(["python -m train.segmentation.train", *(sys.argv[1:] if argv is None else argv)]),
         )
     return metrics
 

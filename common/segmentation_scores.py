@@ -5,6 +5,9 @@ an empty truth with an empty prediction as a perfect 1. Most pairs are empty, so
 all-empty answer already scores high. Two scores beside it show what the model really
 finds: the Dice over images that have defects (all their pairs, so still partly empty ones)
 and the Dice over the pairs whose truth has the class, where an all-empty answer scores 0.
+
+Training selects and reports with these scores and ``bench/`` scores the served pipeline with
+them, so both read the same numbers the same way.
 """
 
 from __future__ import annotations
@@ -61,51 +64,3 @@ def segmentation_metrics(predicted: np.ndarray, truth: np.ndarray, id2label: dic
             ious.append((p & t).sum() / union)
     metrics["mean_iou"] = float(np.mean(ious))
     return metrics
-
-
-def clear_ruled_out(predicted: np.ndarray, present: np.ndarray) -> np.ndarray:
-    """``predicted`` with each class set to background in the images where ``present`` says it is absent.
-
-    Args:
-        predicted: class-index maps ``(N, H, W)``.
-        present: ``(N, num_classes - 1)`` booleans, e.g. a stage-1 classifier's verdicts.
-    """
-    cleared = np.array(predicted, copy=True)
-    for c in range(1, present.shape[1] + 1):
-        cleared[(cleared == c) & ~present[:, c - 1, None, None]] = 0
-    return cleared
-
-
-# Pixel counts tried for each class's minimum area (Severstal winners tuned these per class
-# on validation to clear small false positives on clean images).
-MIN_AREA_CANDIDATES = (0, 50, 100, 200, 400, 800, 1200, 1600, 2400, 3200, 4800, 6400, 8000, 10000, 12800)
-
-
-def fit_min_areas(
-    predicted: np.ndarray, truth: np.ndarray, num_classes: int, candidates: tuple[int, ...] = MIN_AREA_CANDIDATES
-) -> tuple[dict[int, int], np.ndarray]:
-    """Per defect class, the minimum area (pixels) that maximises its mean Severstal Dice.
-
-    A class whose predicted area in an image is below its minimum is cleared there, which
-    turns a wrong small mask on an image without that class from 0 into 1 and a right small
-    mask into 0. Classes are independent (each pixel has one class), so each is fitted alone;
-    ties go to the smaller minimum.
-
-    Returns:
-        ``({class id: pixels}, Dice per (image, class) pair after clearing)``.
-    """
-    dice = dice_per_pair(predicted, truth, num_classes)
-    scored = truth != IGNORE_INDEX
-    fitted, best_dice = {}, dice.copy()
-    for c in range(1, num_classes):
-        area = ((predicted == c) & scored).reshape(len(truth), -1).sum(1)
-        truth_empty = ~((truth == c) & scored).reshape(len(truth), -1).any(1)
-        best = None
-        for pixels in candidates:
-            cleared = (area > 0) & (area < pixels)
-            column = np.where(cleared, truth_empty.astype(float), dice[:, c - 1])
-            if best is None or column.mean() > best[1] + 1e-12:
-                best = (pixels, column.mean(), column)
-        fitted[c] = int(best[0])
-        best_dice[:, c - 1] = best[2]
-    return fitted, best_dice

@@ -1,6 +1,6 @@
 """Fine-tune an image classifier with the transformers Trainer.
 
-    python -m train.image_classification --model_name_or_path default \\
+    python -m train.classification.train --model_name_or_path default \\
         --train_dir data/parts/train --validation_dir data/parts/validation \\
         --test_dir data/parts/test --other_dir data/parts/other --output_dir models/parts
 
@@ -12,31 +12,27 @@ its evaluation report, calibration and model card beside the weights.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import (
-    AutoImageProcessor,
     AutoModelForImageClassification,
     EarlyStoppingCallback,
-    HfArgumentParser,
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
-from common.checkpoints import load_pretrained
+from common.checkpoints import load_image_processor, load_pretrained
 from common.image_io import load_image
 from common.preprocessing import batch_preprocessor, input_geometry
-from train import classification_data as data
-from train.augment import AugmentConfig, batch_mixer, train_transform
-from train.classification_report import write_report
-from train.metrics import compute_metrics_fn
+from train.arguments import check_output_dir, parse_script_args
+from train.classification import data
+from train.classification.augment import AugmentConfig, batch_mixer, train_transform
+from train.classification.metrics import compute_metrics_fn
+from train.classification.report import write_report
 from train.trainer import VispectTrainer
 
 logger = logging.getLogger("vispect.train")
@@ -189,46 +185,7 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArgu
 
 def parse_args(argv: list[str] | None = None):
     """Flags (or one .json file) -> (model, data, recipe, training) argument dataclasses."""
-    parser = HfArgumentParser(ARGUMENT_CLASSES)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        given = json.loads(Path(argv[0]).read_text())
-        return parser.parse_dict({**script_defaults(given), **given})
-    parser.set_defaults(**script_defaults(flags_given(argv)))
-    return parser.parse_args_into_dataclasses(args=argv)
-
-
-def flags_given(argv: list[str]) -> dict[str, str]:
-    """``--name value`` / ``--name=value`` pairs on the command line (value "" for lone flags)."""
-    given = {}
-    for i, word in enumerate(argv):
-        if not word.startswith("--"):
-            continue
-        name, _, value = word[2:].partition("=")
-        if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            value = argv[i + 1]
-        given[name] = value
-    return given
-
-
-def script_defaults(given: dict, base: dict | None = None) -> dict:
-    """SCRIPT_DEFAULTS, with saving following a user-chosen evaluation schedule.
-
-    The Trainer needs matching save and eval strategies to keep the best model; a user who
-    only says ``--eval_strategy steps --eval_steps 50`` means "save on the same schedule".
-    """
-    defaults = dict(SCRIPT_DEFAULTS if base is None else base)
-    if not torch.cuda.is_available():
-        # Without use_cpu, accelerate does not set up gloo under torchrun on a CPU-only
-        # machine and every process silently trains alone; pinned memory only helps GPUs.
-        defaults.update(use_cpu=True, dataloader_pin_memory=False)
-    if "eval_strategy" in given and "save_strategy" not in given:
-        defaults["save_strategy"] = given["eval_strategy"]
-        if "eval_steps" in given and "save_steps" not in given:
-            defaults["save_steps"] = given["eval_steps"]
-    if given.get("eval_strategy") == "no" and "load_best_model_at_end" not in given:
-        defaults["load_best_model_at_end"] = False
-    return defaults
+    return parse_script_args(ARGUMENT_CLASSES, SCRIPT_DEFAULTS, argv)
 
 
 def load_training_data(data_args: DataArguments, multi_label: bool, seed: int) -> data.LabeledImages:
@@ -289,7 +246,7 @@ def build_model(model_args: ModelArguments, label_names: list[str]):
         # TimmWrapperConfig saves `label_names` in preference to id2label, and a config loaded
         # from a labelled checkpoint (the ImageNet default) keeps the old names unless told.
         model.config.label_names = list(label_names)
-    processor = load_pretrained(AutoImageProcessor, model_args.model_name_or_path)
+    processor = load_image_processor(model_args.model_name_or_path)
     if model_args.input_size:
         processor = resize_whole_image(model, processor, model_args.input_size)
     if model_args.freeze_backbone:
@@ -398,25 +355,6 @@ class ImageClassificationTrainer(VispectTrainer):
     """The shared trainer (checkpoint reload fix, optional class-balanced sampler)."""
 
 
-def check_output_dir(training_args: TrainingArguments, recipe: RecipeArguments) -> str | None:
-    """Resume from the last checkpoint if there is one; never overwrite a finished model silently."""
-    output = Path(training_args.output_dir)
-    if training_args.resume_from_checkpoint:
-        return training_args.resume_from_checkpoint
-    if not output.is_dir():
-        return None
-    last = get_last_checkpoint(str(output))
-    if last is not None:
-        logger.info("Resuming from %s (rerun with another --output_dir to start fresh).", last)
-        return last
-    if (output / "config.json").exists() and not recipe.overwrite_output_dir:
-        raise data.DataError(
-            f"--output_dir {output} already holds a trained model. Choose another --output_dir, "
-            "or pass --overwrite_output_dir to replace it."
-        )
-    return None
-
-
 def print_class_counts(labeled: data.LabeledImages) -> None:
     for name, split in labeled.splits.items():
         counts = data.class_counts(split, labeled.label_names, labeled.multi_label)
@@ -431,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model_args, data_args, recipe, training_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
-    resume_from = check_output_dir(training_args, recipe)
+    resume_from = check_output_dir(training_args, recipe.overwrite_output_dir)
 
     labeled = load_training_data(data_args, model_args.multi_label, training_args.seed)
     if training_args.should_log:
@@ -480,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         other_dir=data_args.other_dir,
         rejection_method=recipe.rejection_method,
         known_acceptance=recipe.known_acceptance,
-        command=" ".join(["python -m train.image_classification", *(sys.argv[1:] if argv is None else argv)]),
+        command=" ".join(["python -m train.classification.train", *(sys.argv[1:] if argv is None else argv)]),
         hyperparameters={**asdict(model_args), **asdict(recipe), **_key_training_args(training_args)},
         dataset=data_args.dataset_name or data_args.train_dir or data_args.train_csv,
     )

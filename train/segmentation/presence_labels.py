@@ -1,7 +1,7 @@
 """Stage-1 data: which defect types each image has, as CSVs for the classification trainer.
 
-    python -m train.defect_presence --data_dir data/steel --out data/steel-presence
-    python -m train.image_classification --problem_type multi_label \\
+    python -m train.segmentation.presence_labels --data_dir data/steel --out data/steel-presence
+    python -m train.classification.train --problem_type multi_label \\
         --train_csv data/steel-presence/train.csv --validation_csv data/steel-presence/validation.csv ...
 
 The split is the segmentation trainer's (same ``--validation_fraction`` and ``--seed``), so
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from train import segmentation_data as seg
+from train.segmentation import data as seg
 
 
 def presence_rows(split, id2label: dict[int, str]) -> list[tuple[str, str]]:
@@ -34,7 +34,9 @@ def presence_rows(split, id2label: dict[int, str]) -> list[tuple[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.defect_presence", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.segmentation.presence_labels", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--data_dir", required=True, help="Kaggle layout: train.csv + train_images/")
     parser.add_argument("--out", required=True, help="folder for train.csv and validation.csv")
     parser.add_argument("--validation_fraction", type=float, default=0.15, help="as given to the segmenter")

@@ -51,9 +51,9 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from common.image_io import SUPPORTED_FORMATS
-from common.rle import RLEError, rle_decode, rle_runs
-from train.classification_data import DataError
-from train.classification_data import image_source as cell_source
+from common.rle import TRAIN_CSV_HEADER, RLEError, rle_decode, rle_runs
+from train.data import DataError
+from train.data import image_source as cell_source
 
 NUM_DEFECT_CLASSES = 4
 IMAGE = "image"
@@ -67,7 +67,7 @@ BACKGROUND = "background"
 CSV_NAME = "train.csv"
 IMAGES_DIR = "train_images"
 INFO_NAME = "dataset_info.json"
-NEW_CSV_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
+NEW_CSV_COLUMNS = TRAIN_CSV_HEADER
 OLD_CSV_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 # More missing images than this share of the data set means a wrong folder, not a few lost files.
 MAX_SKIPPED_FRACTION = 0.05

@@ -15,10 +15,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.calibration import CalibrationRecord, OpenSetRule, softmax
+from common.checkpoint_files import (
+    CONFUSION_MATRIX_PLOT,
+    MISCLASSIFIED_PLOT,
+    PER_CLASS_FILE,
+    RELIABILITY_PLOT,
+    SKIPPED_IMAGES_FILE,
+    TRAINING_CURVES_PLOT,
+)
 from common.image_io import ImageLoadError, load_image
 from common.preprocessing import batch_preprocessor
-from train import calibration, metrics, report
-from train import classification_data as data
+from train import report
+from train.classification import calibration, data, metrics
 
 
 def predict_logits(model, processor, sources: list, batch_size: int = 32) -> np.ndarray:
@@ -54,11 +63,11 @@ def fit_temperature_without_overreach(logits: np.ndarray, labels: np.ndarray) ->
         return temperature
     ceiling = (len(labels) + 1) / (len(labels) + 2)
     low, high = math.log(temperature), math.log(100.0)
-    if calibration.softmax(logits, temperature).max(-1).mean() <= ceiling:
+    if softmax(logits, temperature).max(-1).mean() <= ceiling:
         return temperature
     for _ in range(60):  # mean confidence falls as T grows: bisect on log T
         middle = (low + high) / 2
-        if calibration.softmax(logits, math.exp(middle)).max(-1).mean() > ceiling:
+        if softmax(logits, math.exp(middle)).max(-1).mean() > ceiling:
             low = middle
         else:
             high = middle
@@ -87,12 +96,12 @@ def fit_open_set(model, processor, val_logits, temperature, method, other_dir, k
         return None, {}
     other_fit, other_report = split_other_images(other_dir)
     other_fit_logits = predict_logits(model, processor, other_fit) if other_fit else None
-    known_scores = calibration.OpenSetRule(method, 0.0).score(val_logits, temperature)
+    known_scores = OpenSetRule(method, 0.0).score(val_logits, temperature)
     other_scores = None
     if other_fit_logits is not None and len(other_fit_logits):
-        other_scores = calibration.OpenSetRule(method, 0.0).score(other_fit_logits, temperature)
+        other_scores = OpenSetRule(method, 0.0).score(other_fit_logits, temperature)
     threshold = calibration.fit_rejection_threshold(known_scores, other_scores, known_acceptance)
-    rule = calibration.OpenSetRule(method, float(threshold))
+    rule = OpenSetRule(method, float(threshold))
     # Report on images the threshold never saw when there are any; else say it is in-sample.
     known_report = test_logits if test_logits is not None else val_logits
     other_report_logits = predict_logits(model, processor, other_report) if other_report else other_fit_logits
@@ -149,8 +158,8 @@ def write_report(
         temperature, ece_before, ece_after, rule, open_set = 1.0, None, None, None, {}
     else:
         temperature = fit_temperature_without_overreach(val_logits, val_labels)
-        ece_before = calibration.expected_calibration_error(calibration.softmax(val_logits), val_labels)
-        ece_after = calibration.expected_calibration_error(calibration.softmax(val_logits, temperature), val_labels)
+        ece_before = calibration.expected_calibration_error(softmax(val_logits), val_labels)
+        ece_after = calibration.expected_calibration_error(softmax(val_logits, temperature), val_labels)
         rule, open_set = fit_open_set(
             model, processor, val_logits, temperature, rejection_method, other_dir, known_acceptance, test_logits
         )
@@ -171,7 +180,7 @@ def write_report(
         trainer.save_metrics("test", test_metrics)
         final.update(test_metrics)
 
-    calibration.CalibrationRecord(
+    CalibrationRecord(
         temperature=float(temperature),
         ece_before=ece_before,
         ece_after=ece_after,
@@ -189,14 +198,14 @@ def write_report(
     else:
         rows = metrics.per_class_table(report_logits, report_labels, id2label)
         predicted = report_logits.argmax(-1)
-        report.plot_confusion_matrix(report_labels, predicted, names, out / "confusion_matrix.png")
-        _plot_worst_errors(report_split, report_logits, report_labels, names, temperature, out / "misclassified.png")
+        report.plot_confusion_matrix(report_labels, predicted, names, out / CONFUSION_MATRIX_PLOT)
+        _plot_worst_errors(report_split, report_logits, report_labels, names, temperature, out / MISCLASSIFIED_PLOT)
         report.plot_reliability_diagram(
-            calibration.softmax(val_logits), val_labels, out / "reliability.png", temperature=temperature
+            softmax(val_logits), val_labels, out / RELIABILITY_PLOT, temperature=temperature
         )
-    metrics.write_per_class_csv(rows, out / "per_class.csv")
-    report.plot_training_curves(trainer.state.log_history, out / "training_curves.png")
-    write_skipped(labeled.skipped, out / "skipped_images.csv")
+    metrics.write_per_class_csv(rows, out / PER_CLASS_FILE)
+    report.plot_training_curves(trainer.state.log_history, out / TRAINING_CURVES_PLOT)
+    write_skipped(labeled.skipped, out / SKIPPED_IMAGES_FILE)
     report.write_model_card(
         out / "README.md",
         title=f"{Path(out).name}: image classifier ({len(names)} classes)",
@@ -231,7 +240,7 @@ def _logits(prediction) -> np.ndarray:
 
 
 def _plot_worst_errors(split, logits, labels, names, temperature, path, limit: int = 16) -> None:
-    probabilities = calibration.softmax(logits, temperature)
+    probabilities = softmax(logits, temperature)
     predicted = probabilities.argmax(-1)
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-probabilities[wrong, predicted[wrong]])][:limit]

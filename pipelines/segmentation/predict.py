@@ -17,25 +17,29 @@ classes it rules out, and a folder of images becomes a Kaggle (Severstal) submis
 
 from __future__ import annotations
 
-import argparse
-import colorsys
-import csv
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.checkpoints import ModelLoadError, load_pretrained
-from common.image_io import ImageLoadError, load_image
+from common.checkpoint_files import MIN_AREA_KEY
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.image_io import load_image
 from common.preprocessing import input_geometry
 from common.rle import rle_encode
-from pipelines.classification import ImageClassifier, iter_image_files
+from common.segmentation_rules import (
+    Stage1MismatchError,
+    all_stored_min_areas,
+    drop_classes,
+    ruled_out,
+    stage1_columns,
+    stored_min_areas,
+)
+from pipelines.classification import ImageClassifier
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 MinArea = int | Mapping[int | str, int]
@@ -48,30 +52,6 @@ DEFAULT_TILE_OVERLAP = 64
 # Tiles per model call: bounds memory on very large images while keeping a 256x1600 strip
 # (at most a handful of tiles) to one call.
 DEFAULT_TILE_BATCH = 8
-SUBMISSION_HEADER = ("ImageId", "EncodedPixels", "ClassId")
-DEFAULT_STAGE1_THRESHOLD = 0.5
-
-# Background is black; defect classes 1..8 use well-separated colours (Sasha Trubetskoy's
-# list), so the four Severstal classes are red, green, blue and yellow.
-CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
-    0: (0, 0, 0),
-    1: (230, 25, 75),
-    2: (60, 180, 75),
-    3: (0, 130, 200),
-    4: (255, 225, 25),
-    5: (245, 130, 48),
-    6: (145, 30, 180),
-    7: (70, 240, 240),
-    8: (240, 50, 230),
-}
-
-
-def class_colour(class_id: int) -> tuple[int, int, int]:
-    """The colour of ``class_id``: ``CLASS_COLOURS``, then golden-ratio hues for larger ids."""
-    if class_id in CLASS_COLOURS:
-        return CLASS_COLOURS[class_id]
-    red, green, blue = colorsys.hsv_to_rgb((class_id * 0.618034) % 1.0, 0.75, 0.95)
-    return round(red * 255), round(green * 255), round(blue * 255)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing NumPy arrays is ambiguous
@@ -231,20 +211,15 @@ class DefectSegmenter:
         self._resample = Image.Resampling[geometry.interpolation.upper()]
         self.stage1 = stage1
         self._stage1_columns, self._stage1_thresholds = self._match_stage1(stage1) if stage1 else ([], [])
-        # Per-class minimum areas fitted on validation: "min_area" by the training script for the
-        # segmenter alone, "min_area_two_stage" by train.tune_min_area --stage1. Stage 1 already
-        # clears most false alarms on clean images, so the two-stage set is smaller; it applies
-        # whenever a stage 1 is attached and the config has one.
-        self.tuned_min_area: dict[str, int] = {}
-        self.min_area_key: str | None = None  # the config key tuned_min_area came from
-        for key in ("min_area", "min_area_two_stage"):
-            areas = dict(getattr(model.config, key, None) or {})
+        # Per-class minimum areas fitted on validation; which set is served depends on whether a
+        # stage 1 is attached (see common.segmentation_rules). Both are checked now, not at the
+        # first request.
+        for key, areas in all_stored_min_areas(model.config).items():
             try:
                 self.min_areas(areas)
             except ValueError as error:
                 raise ModelLoadError(f"Segmentation model '{source}' has a bad {key} in its config: {error}") from error
-            if areas and (key == "min_area" or stage1 is not None):
-                self.tuned_min_area, self.min_area_key = areas, key
+        self.tuned_min_area, self.min_area_key = stored_min_areas(model.config, with_stage1=stage1 is not None)
 
     @classmethod
     def from_pretrained(
@@ -278,12 +253,12 @@ class DefectSegmenter:
         Raises:
             common.checkpoints.ModelLoadError: with the reason and the fix.
         """
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+        from transformers import AutoModelForSemanticSegmentation
 
         # float32 whatever the file holds: checkpoints may ship in fp16 to stay small, and
         # most CPU kernels are fastest (or only exist) in float32.
         model = load_pretrained(AutoModelForSemanticSegmentation, name_or_path, dtype=torch.float32)
-        processor = load_pretrained(AutoImageProcessor, name_or_path)
+        processor = load_image_processor(name_or_path)
         classifier = ImageClassifier.from_pretrained(stage1) if stage1 is not None else None
         return cls(
             model,
@@ -293,7 +268,7 @@ class DefectSegmenter:
             tile_width=tile_width,
             tile_height=tile_height,
             tile_overlap=tile_overlap,
-            # A model trained on resized images says so in its config (train/semantic_segmentation.py).
+            # A model trained on resized images says so in its config (train/segmentation/train.py).
             resize_to=resize_to or getattr(model.config, "inference_resize", None),
         )
 
@@ -303,27 +278,21 @@ class DefectSegmenter:
 
     def _match_stage1(self, classifier: ImageClassifier) -> tuple[list[int], list[float]]:
         """For each defect class 1..C-1: the stage-1 output index with its label, and its threshold."""
-        stage1_labels = [classifier.id2label[i] for i in sorted(classifier.id2label)]
         if not classifier.multi_label:
             raise ModelLoadError(
                 f"Stage-1 classifier '{classifier.source}' is single-label (softmax), so it cannot say that "
                 "several defect types are present. Train it with --problem_type multi_label."
             )
-        if sorted(stage1_labels) != sorted(self.defect_labels):
-            raise ModelLoadError(
-                f"Stage-1 classifier '{classifier.source}' has labels {stage1_labels}, but segmentation model "
-                f"'{self.source}' has defect labels {self.defect_labels} (id2label[1:]). Train stage 1 on the same "
-                "defect classes, with the same names."
+        try:
+            return stage1_columns(
+                [classifier.id2label[i] for i in sorted(classifier.id2label)],
+                self.defect_labels,
+                classifier.trust.thresholds,
+                stage1_name=classifier.source,
+                segmenter_name=self.source,
             )
-        thresholds = classifier.trust.multi_label_thresholds
-        if thresholds is not None and len(thresholds) != len(stage1_labels):
-            raise ModelLoadError(
-                f"Stage-1 classifier '{classifier.source}' has {len(thresholds)} multi_label_thresholds in its "
-                f"calibration.json for {len(stage1_labels)} labels; recalibrate it or delete calibration.json."
-            )
-        index = {label: i for i, label in enumerate(stage1_labels)}
-        columns = [index[label] for label in self.defect_labels]
-        return columns, [thresholds[c] if thresholds else DEFAULT_STAGE1_THRESHOLD for c in columns]
+        except Stage1MismatchError as error:
+            raise ModelLoadError(str(error)) from error
 
     # -- preprocess -> forward -> postprocess ------------------------------------------------
 
@@ -407,14 +376,10 @@ class DefectSegmenter:
         max_probability, labels = probabilities.max(dim=0)
         label_map = labels.numpy().astype(np.uint8)
         max_probability = max_probability.numpy()
-        ruled_out = [False] * (self.num_labels - 1)
+        excluded = np.zeros(self.num_labels - 1, dtype=bool)
         if stage1_probabilities is not None:
-            ruled_out = [p < t for p, t in zip(stage1_probabilities, self._stage1_thresholds)]
-        counts = np.bincount(label_map.ravel(), minlength=self.num_labels)
-        min_areas = self.min_areas(min_area)
-        for class_id in range(1, self.num_labels):
-            if counts[class_id] and (ruled_out[class_id - 1] or counts[class_id] < min_areas[class_id]):
-                label_map[label_map == class_id] = 0
+            excluded = ruled_out(stage1_probabilities, self._stage1_thresholds)
+        label_map = drop_classes(label_map, self.min_areas(min_area)[1:], excluded)
         counts = np.bincount(label_map.ravel(), minlength=self.num_labels)
         confidence_sums = np.bincount(label_map.ravel(), weights=max_probability.ravel(), minlength=self.num_labels)
         regions = []
@@ -429,7 +394,7 @@ class DefectSegmenter:
                     area_fraction=pixels / label_map.size,
                     confidence=float(confidence_sums[class_id] / pixels) if pixels else 0.0,
                     rle=rle_encode(mask) if pixels else "",
-                    ruled_out=bool(ruled_out[class_id - 1]),
+                    ruled_out=bool(excluded[class_id - 1]),
                 )
             )
         return Segmentation(
@@ -540,169 +505,6 @@ class DefectSegmenter:
                 "std": geometry.std,
             },
             "stage1": stage1,
-            "min_area": self.tuned_min_area,
+            MIN_AREA_KEY: self.tuned_min_area,
             "min_area_from": self.min_area_key,
         }
-
-
-# -- pictures -----------------------------------------------------------------------------------
-
-
-def _palette_lut(size: int = 256) -> np.ndarray:
-    return np.array([class_colour(i) for i in range(size)], dtype=np.uint8)
-
-
-def overlay_masks(image: Image.Image, segmentation: Segmentation, alpha: float = 0.45) -> Image.Image:
-    """The image with each defect class tinted in its ``CLASS_COLOURS`` colour and outlined.
-
-    Raises:
-        ValueError: ``image`` is not the size that was segmented, or ``alpha`` is outside 0..1.
-    """
-    label_map = segmentation.label_map
-    if (image.height, image.width) != label_map.shape:
-        raise ValueError(
-            f"overlay_masks: the image is {image.width}x{image.height} but the segmentation is "
-            f"{label_map.shape[1]}x{label_map.shape[0]}; pass the image that was segmented."
-        )
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"overlay_masks: alpha must be between 0 and 1, got {alpha}.")
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    colours = _palette_lut()[label_map].astype(np.float32)
-    defect = label_map > 0
-    out = np.where(defect[..., None], (1 - alpha) * pixels + alpha * colours, pixels)
-    # A one-pixel outline in the full colour keeps thin or faint regions visible at any alpha.
-    edge = np.zeros_like(defect)
-    edge[:-1] |= label_map[:-1] != label_map[1:]
-    edge[1:] |= label_map[1:] != label_map[:-1]
-    edge[:, :-1] |= label_map[:, :-1] != label_map[:, 1:]
-    edge[:, 1:] |= label_map[:, 1:] != label_map[:, :-1]
-    edge &= defect
-    out[edge] = colours[edge]
-    return Image.fromarray(np.rint(out).astype(np.uint8))
-
-
-def label_map_png(segmentation: Segmentation) -> Image.Image:
-    """The label map as a palette ("P") image: pixel values are class ids, colours ``CLASS_COLOURS``."""
-    picture = Image.fromarray(segmentation.label_map)
-    picture.putpalette(_palette_lut().ravel().tolist())
-    return picture
-
-
-# -- Kaggle submission ---------------------------------------------------------------------------
-
-
-def submission_rows(image_id: str, segmentation: Segmentation) -> list[tuple[str, str, int]]:
-    """``(ImageId, EncodedPixels, ClassId)`` for every defect class; EncodedPixels is "" when absent."""
-    return [(image_id, region.rle, region.class_id) for region in segmentation.regions]
-
-
-def write_submission(
-    folder_or_files: str | os.PathLike | Sequence[str | os.PathLike],
-    out_csv: str | os.PathLike,
-    segmenter: DefectSegmenter,
-    progress: bool = True,
-    *,
-    min_area: MinArea | None = None,
-) -> tuple[int, int]:
-    """Segment a folder (recursively) or files into a Kaggle CSV: ``ImageId,EncodedPixels,ClassId``.
-
-    The ImageId is the file name, as in Severstal. An unreadable file is reported on stderr
-    and counted, and gets no rows: empty rows would claim it has no defects.
-
-    Returns:
-        ``(written, skipped)`` image counts.
-
-    Raises:
-        ValueError: two files share a name (so an ImageId), or ``min_area`` is invalid.
-    """
-    from tqdm.auto import tqdm
-
-    segmenter.min_areas(min_area)  # a bad option fails before the first image, not after an hour
-    paths = [folder_or_files] if isinstance(folder_or_files, (str, os.PathLike)) else list(folder_or_files)
-    files = iter_image_files(paths)
-    first_seen: dict[str, Path] = {}
-    for path in files:
-        if path.name in first_seen:
-            raise ValueError(
-                f"Two images would share the ImageId '{path.name}': {first_seen[path.name]} and {path}. "
-                "Kaggle needs unique file names; segment the folders separately."
-            )
-        first_seen[path.name] = path
-    written = skipped = 0
-    with open(out_csv, "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(SUBMISSION_HEADER)
-        for path in tqdm(files, unit="img", disable=not progress):
-            try:
-                segmentation = segmenter.segment(path, min_area=min_area)
-            except ImageLoadError as error:
-                print(f"skipped: {error}", file=sys.stderr)
-                skipped += 1
-                continue
-            writer.writerows(submission_rows(path.name, segmentation))
-            written += 1
-    return written, skipped
-
-
-def parse_min_area(text: str) -> MinArea:
-    """``"500"`` -> 500; ``"1=500,scratches=800"`` -> ``{1: 500, "scratches": 800}``."""
-    if "=" not in text:
-        return int(text)
-    areas: dict[int | str, int] = {}
-    for item in text.split(","):
-        key, _, value = item.partition("=")
-        key = key.strip()
-        areas[int(key) if key.isdigit() else key] = int(value)
-    return areas
-
-
-def _parse_size(text: str) -> tuple[int, int]:
-    height, _, width = text.lower().partition("x")
-    return int(height), int(width)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: segment files and folders into a Kaggle submission CSV."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.segmentation",
-        description="Segment defects in images (files or folders) and write a Kaggle submission CSV "
-        "(ImageId,EncodedPixels,ClassId; one row per image and defect class).",
-    )
-    parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--model", required=True, help="segmentation checkpoint directory or hub id")
-    parser.add_argument("--stage1", help="multi-label 'which defects are present' classifier checkpoint")
-    parser.add_argument("--csv", required=True, help="output CSV path")
-    parser.add_argument("--tile-width", type=int, help="run overlapping tiles this wide (multiple of 32)")
-    parser.add_argument("--resize-to", type=_parse_size, help="HxW to resize images to, for models trained resized")
-    parser.add_argument(
-        "--min-area",
-        type=parse_min_area,
-        default=None,
-        help="pixels a class needs to be kept: N, or CLASS=N,CLASS=N (default: the minimums tuned in training)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    args = parser.parse_args(argv)
-    missing = [p for p in args.paths if not Path(p).exists()]
-    if missing:
-        parser.error(f"no such file or folder: {', '.join(missing)}")
-    try:
-        segmenter = DefectSegmenter.from_pretrained(
-            args.model, stage1=args.stage1, tile_width=args.tile_width, resize_to=args.resize_to
-        )
-        segmenter.min_areas(args.min_area)
-    except ModelLoadError as error:
-        parser.exit(2, f"error: {error}\n")
-    except ValueError as error:  # tiling and --min-area options: the message names the fix
-        parser.error(str(error))
-    try:
-        written, skipped = write_submission(
-            args.paths, args.csv, segmenter, progress=not args.no_progress, min_area=args.min_area
-        )
-    except ValueError as error:  # duplicate ImageIds, found before any inference
-        parser.error(str(error))
-    print(f"segmented {written} image(s) into {args.csv}, skipped {skipped} unreadable file(s)", file=sys.stderr)
-    return 0 if written else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

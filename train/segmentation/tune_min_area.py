@@ -1,8 +1,8 @@
 """Fit a trained segmenter's per-class minimum areas on its validation split, into its config.
 
-    python -m train.tune_min_area build/runs/steel-segformer --data_dir data/steel --seed 0
+    python -m train.segmentation.tune_min_area build/runs/steel-segformer --data_dir data/steel --seed 0
 
-``train.semantic_segmentation`` does this at the end of every run; this command does it for a
+``train.segmentation.train`` does this at the end of every run; this command does it for a
 checkpoint trained before, or on other validation data. Give the same ``--seed`` and
 ``--validation_fraction`` as the training run so that the images are the held-out ones.
 ``pipelines/segmentation.py`` clears a class whose mask is smaller than its minimum.
@@ -22,19 +22,23 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+from transformers import AutoModelForSemanticSegmentation
 
-from common.checkpoints import ModelLoadError, load_pretrained
+from common.checkpoint_files import CONFIG_FILE, MIN_AREA_TWO_STAGE_KEY, MODEL_CARD_FILE
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.segmentation_rules import all_stored_min_areas
 from train import report
-from train import segmentation_data as seg
-from train import semantic_segmentation as train_seg
-from train.classification_data import DataError
-from train.segmentation_metrics import clear_ruled_out
-from train.stage1_presence import Stage1
+from train.data import DataError
+from train.segmentation import data as seg
+from train.segmentation import train as train_seg
+from train.segmentation.postprocessing import clear_ruled_out, describe_min_areas, record_min_areas
+from train.segmentation.stage1 import Stage1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.tune_min_area", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m train.segmentation.tune_min_area", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("model", help="segmentation checkpoint directory (its config.json is updated)")
     parser.add_argument("--data_dir", help="Kaggle layout, as given to training")
     parser.add_argument("--mask_dir", help="images/ + masks/ folders, as given to training")
@@ -53,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         data = train_seg.load_data(data_args, args.seed)
         model = load_pretrained(AutoModelForSemanticSegmentation, str(model_dir), dtype=torch.float32)
-        processor = load_pretrained(AutoImageProcessor, str(model_dir))
+        processor = load_image_processor(str(model_dir))
     except (DataError, ModelLoadError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     if {int(k): v for k, v in model.config.id2label.items()} != data.id2label:
@@ -65,28 +69,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     _, evaluate = train_seg.joint_transforms(processor, data_args.crop, data_args.resize)
     data.splits["validation"].set_transform(evaluate)
     predicted, truth = train_seg.validation_label_maps(model, data.splits["validation"])
-    tuned = train_seg.record_min_areas(model, predicted, truth, data.id2label)
-    description = train_seg.describe_min_areas(tuned)
+    tuned = record_min_areas(model, predicted, truth, data.id2label)
+    description = describe_min_areas(tuned)
     if stage1 is not None:
         images = [seg.image_source(example) for example in data.splits["validation"].with_format(None)]
         cleared = clear_ruled_out(predicted, stage1.presence(images))
-        tuned = {"segmenter_alone": tuned, "two_stage": train_seg.record_min_areas(
-            model, cleared, truth, data.id2label, key="min_area_two_stage")}  # fmt: skip
-        description = train_seg.describe_min_areas(tuned["segmenter_alone"], tuned["two_stage"], args.stage1)
-    elif getattr(model.config, "min_area_two_stage", None):
+        tuned = {"segmenter_alone": tuned, "two_stage": record_min_areas(
+            model, cleared, truth, data.id2label, with_stage1=True)}  # fmt: skip
+        description = describe_min_areas(tuned["segmenter_alone"], tuned["two_stage"], args.stage1)
+    elif two_stage := all_stored_min_areas(model.config).get(MIN_AREA_TWO_STAGE_KEY):
         description += (
-            "\n\n`min_area_two_stage` (used with a stage-1 classifier) is kept from an earlier fit: "
-            f"{model.config.min_area_two_stage}. Pass --stage1 to refit it."
+            f"\n\n`{MIN_AREA_TWO_STAGE_KEY}` (used with a stage-1 classifier) is kept from an earlier fit: "
+            f"{two_stage}. Pass --stage1 to refit it."
         )
-    config_path = model_dir / "config.json"
+    config_path = model_dir / CONFIG_FILE
     config = json.loads(config_path.read_text())
-    for key in ("min_area", "min_area_two_stage"):
-        if hasattr(model.config, key):
-            config[key] = getattr(model.config, key)
+    config.update(all_stored_min_areas(model.config))
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    command = " ".join(["python -m train.tune_min_area", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m train.segmentation.tune_min_area", *(sys.argv[1:] if argv is None else argv)])
     report.set_card_section(
-        model_dir / "README.md", "Post-processing", description + f"\n\nFitted with:\n\n```bash\n{command}\n```"
+        model_dir / MODEL_CARD_FILE, "Post-processing", description + f"\n\nFitted with:\n\n```bash\n{command}\n```"
     )
     print(json.dumps(tuned, indent=2))
     return 0

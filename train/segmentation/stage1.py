@@ -1,9 +1,10 @@
 """What a stage-1 multi-label classifier says is present, image by image, at its own thresholds.
 
-``train.tune_min_area --stage1`` needs it to fit the minimum areas of the two-stage pipeline
+``train.segmentation.tune_min_area --stage1`` needs it to fit the minimum areas of the two-stage pipeline
 on validation. It reads the checkpoint the way ``pipelines/`` serves it: the same
 preprocessing (``common.preprocessing``), a sigmoid per class, and the per-class thresholds
-of its ``calibration.json`` (0.5 without one).
+of its ``calibration.json``, matched and applied by ``common.segmentation_rules`` as the
+pipeline does.
 """
 
 from __future__ import annotations
@@ -13,15 +14,15 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoImageProcessor, AutoModelForImageClassification
+from transformers import AutoModelForImageClassification
 
-from common.checkpoints import load_pretrained
+from common.calibration import CalibrationRecord
+from common.checkpoints import load_image_processor, load_pretrained
 from common.image_io import load_image
 from common.preprocessing import batch_preprocessor
-from train.calibration import CalibrationRecord
-from train.classification_data import DataError
+from common.segmentation_rules import Stage1MismatchError, ruled_out, stage1_columns
+from train.data import DataError
 
-DEFAULT_THRESHOLD = 0.5  # the pipeline's, for a stage 1 without calibration.json
 BATCH = 8
 
 
@@ -40,16 +41,17 @@ class Stage1:
         if config.problem_type != "multi_label_classification":
             raise DataError(f"Stage 1 '{stage1_dir}' is not multi-label; train it with --problem_type multi_label.")
         labels = [config.id2label[i] for i in range(len(config.id2label))]
-        if sorted(labels) != sorted(defect_labels):
-            raise DataError(
-                f"Stage 1 '{stage1_dir}' has labels {labels}, the segmenter {list(defect_labels)}; "
-                "train stage 1 on the same defect classes, with the same names."
+        try:
+            self.columns, self.thresholds = stage1_columns(
+                labels,
+                defect_labels,
+                CalibrationRecord.load_or_uncalibrated(stage1_dir).thresholds,
+                stage1_name=str(stage1_dir),
+                segmenter_name="the segmenter",
             )
-        self.columns = [labels.index(label) for label in defect_labels]
-        record = CalibrationRecord.load(stage1_dir)
-        thresholds = record.thresholds if record and record.thresholds else [DEFAULT_THRESHOLD] * len(labels)
-        self.thresholds = np.asarray(thresholds)[self.columns]
-        self.preprocess = batch_preprocessor(load_pretrained(AutoImageProcessor, str(stage1_dir)))
+        except Stage1MismatchError as error:
+            raise DataError(str(error)) from error
+        self.preprocess = batch_preprocessor(load_image_processor(str(stage1_dir)))
 
     def presence(self, images: Iterable[object]) -> np.ndarray:
         """``(images, defect classes)`` booleans: is each defect type present, by stage 1.
@@ -63,4 +65,4 @@ class Stage1:
             batch = [load_image(source) for source in sources[start : start + BATCH]]
             with torch.inference_mode():
                 probabilities.append(torch.sigmoid(self.model(pixel_values=self.preprocess(batch)).logits).numpy())
-        return np.concatenate(probabilities)[:, self.columns] >= self.thresholds
+        return ~ruled_out(np.concatenate(probabilities)[:, self.columns], self.thresholds)

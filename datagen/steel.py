@@ -26,18 +26,15 @@ newer Kaggle file; loaders treat images in ``train_images/`` without a row as cl
 Image ``i`` is drawn from its own generator seeded with ``(seed, i)``, so the same seed gives
 byte-identical files and a larger ``n`` only adds images.
 
-Run ``python -m train.synthetic_steel --out DIR --n 200 --seed 0`` to write a set.
+Run ``python -m train.datasets steel --out DIR --n 200 --seed 0`` to write a set.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
 import math
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -45,14 +42,14 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.rle import rle_encode
+from common.rle import TRAIN_CSV_HEADER, rle_decode, rle_encode
 
 GENERATOR_VERSION = 1
 CLASS_NAMES: dict[int, str] = {1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
 IMAGES_DIR = "train_images"
 CSV_NAME = "train.csv"
 INFO_NAME = "dataset_info.json"
-CSV_HEADER = ("ImageId", "ClassId", "EncodedPixels")
+CSV_HEADER = TRAIN_CSV_HEADER
 JPEG_QUALITY = 95
 MIN_HEIGHT = 32
 MIN_WIDTH = 64
@@ -504,7 +501,7 @@ def _dataset_info(
         per_class[str(class_id)] += 1
     return {
         "name": "steel",
-        "generator": "train.synthetic_steel",  # Not __name__, which is "__main__" under -m.
+        "generator": "datagen.steel",  # Not __name__, which is "__main__" under -m.
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
         "n": n,
@@ -522,31 +519,47 @@ def _dataset_info(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m train.synthetic_steel --out DIR [--n N] [--seed S] ...``."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="Output directory; must be empty unless --overwrite.")
-    parser.add_argument("--n", type=int, default=200, help="Number of images.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed; the same seed writes byte-identical files.")
-    parser.add_argument("--height", type=int, default=FULL_HEIGHT, help="Image height in pixels.")
-    parser.add_argument("--width", type=int, default=FULL_WIDTH, help="Image width in pixels.")
-    parser.add_argument("--clean_fraction", type=float, default=0.45, help="Share of images without defects.")
-    parser.add_argument("--overwrite", action="store_true", help="Replace a data set already in --out.")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        parser.error(
-            f"--out '{out}' is not empty; pass --overwrite to replace the data set in it, or choose a new directory"
-        )
-    started = time.perf_counter()
-    info = write_steel(out, args.n, args.seed, args.height, args.width, args.clean_fraction, overwrite=args.overwrite)
-    seconds = time.perf_counter() - started
-    print(
-        f"Wrote {args.n} images ({info['clean_images']} clean) to {out} in {seconds:.1f} s "
-        f"({1000 * seconds / args.n:.0f} ms per image); images per class: {info['images_per_class']}"
-    )
-    return 0
+class SteelImage(NamedTuple):
+    """One image of a written set, read back: its ImageId, file and class-index mask (0 clean)."""
+
+    image_id: str
+    path: Path
+    mask: np.ndarray
+
+    @property
+    def defective(self) -> bool:
+        return bool(self.mask.any())
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def read_steel(folder: str | Path) -> list[SteelImage]:
+    """The images of a set :func:`write_steel` wrote, in ImageId order, with masks decoded from its CSV.
+
+    This reads only this generator's own layout, for benchmarks and tests; training reads any
+    Kaggle-layout folder through ``train.segmentation.data``.
+
+    Raises:
+        FileNotFoundError: ``folder`` holds no set written by :func:`write_steel`.
+    """
+    folder = Path(folder)
+    if not (folder / CSV_NAME).is_file():
+        raise FileNotFoundError(f"{folder} has no {CSV_NAME}; write the set with write_steel (or train.datasets steel)")
+    with (folder / CSV_NAME).open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    images = []
+    for path in sorted((folder / IMAGES_DIR).glob("*.jpg")):
+        with Image.open(path) as image:
+            shape = (image.height, image.width)
+        mask = np.zeros(shape, dtype=np.uint8)
+        for row in rows:
+            if row["ImageId"] == path.name:
+                mask[rle_decode(row["EncodedPixels"], shape)] = int(row["ClassId"])
+        images.append(SteelImage(path.name, path, mask))
+    return images
+
+
+def held_out_steel(root: str | Path, n: int, seed: int) -> list[SteelImage]:
+    """``n`` strips drawn with ``seed`` under ``root`` (written on first use, then reused), read back."""
+    folder = Path(root) / f"steel-heldout-seed{seed}-n{n}"
+    if not (folder / CSV_NAME).is_file():
+        write_steel(folder, n=n, seed=seed)
+    return read_steel(folder)

@@ -21,14 +21,11 @@ from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value, load_dat
 from datasets import Image as ImageFeature
 
 from common.image_io import ImageLoadError, load_image
+from train.data import DataError, describe_source, image_source
 
 IMAGE = "image"
 LABELS = "labels"
 LABEL_SEPARATOR = ";"
-
-
-class DataError(ValueError):
-    """The training data cannot be used as given; the message says how to fix it."""
 
 
 @dataclass
@@ -160,19 +157,6 @@ def _label_names(splits: DatasetDict, label_column: str, multi_label: bool) -> l
     for value in _as_label_names(train, label_column):
         names |= _split_labels(value) if multi_label else {value}
     return sorted(names)
-
-
-def image_source(item) -> str | bytes:
-    """What ``load_image`` takes for one undecoded ``image`` cell."""
-    if isinstance(item, dict):
-        return item.get("bytes") or item["path"]
-    return item
-
-
-def describe_source(item) -> str:
-    if isinstance(item, dict):
-        return item.get("path") or "<embedded image>"
-    return str(item)
 
 
 def drop_unreadable(dataset: Dataset) -> tuple[Dataset, list[tuple[str, str]]]:

@@ -1,0 +1,21 @@
+"""Image classification: load a checkpoint, classify images, write the results.
+
+``predict`` holds the inference class; ``records`` runs it over many files and writes the rows
+as CSV; ``python -m pipelines.classification`` (``cli``) is the command line over both.
+"""
+
+from pipelines.classification.predict import (
+    Classification,
+    ImageClassifier,
+    ImageSource,
+    ModelInfo,
+    Prediction,
+)
+
+__all__ = [
+    "Classification",
+    "ImageClassifier",
+    "ImageSource",
+    "ModelInfo",
+    "Prediction",
+]
