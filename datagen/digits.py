@@ -19,6 +19,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from datagen.arguments import check_seed
+
 GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DEFAULT_SPLITS: tuple[float, float, float] = (0.7, 0.15, 0.15)
@@ -81,8 +83,7 @@ def write_digits(out: str | Path, seed: int = 0, size: int = 64, splits: Sequenc
     Raises:
         ValueError: If an argument is out of range; nothing is written then.
     """
-    if seed < 0:
-        raise ValueError(f"seed={seed} must be a non-negative integer")
+    check_seed(seed)
     if size < MIN_SIZE:
         raise ValueError(f"size={size} is smaller than the 8x8 scans; use size >= {MIN_SIZE}")
     digits = load_digits()

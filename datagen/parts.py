@@ -33,6 +33,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
+from datagen.arguments import check_seed
+
 GENERATOR_VERSION = 1
 PART_KINDS: tuple[str, ...] = ("gear", "hex_nut", "washer", "bolt", "spring", "bearing")
 OTHER_KINDS: tuple[str, ...] = ("texture", "landscape", "blob", "star", "car", "text")
@@ -676,8 +678,7 @@ def write_parts(
     Raises:
         ValueError: If an argument is out of range; nothing is written then.
     """
-    if seed < 0:
-        raise ValueError(f"seed={seed} must be a non-negative integer")
+    check_seed(seed)
     _check_size(size)
     sizes = split_sizes(n_per_class, splits)
     n_other = n_per_class if n_other is None else n_other

@@ -43,6 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from common.rle import TRAIN_CSV_HEADER, rle_decode, rle_encode
+from datagen.arguments import check_seed
 
 GENERATOR_VERSION = 1
 CLASS_NAMES: dict[int, str] = {1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
@@ -459,8 +460,7 @@ def write_steel(
 def _check_arguments(n: int, seed: int, clean_fraction: float) -> None:
     if n < 1:
         raise ValueError(f"n={n} must be at least 1 image")
-    if seed < 0:
-        raise ValueError(f"seed={seed} must be a non-negative integer")
+    check_seed(seed)
     if not 0.0 <= clean_fraction <= 1.0:
         raise ValueError(f"clean_fraction={clean_fraction} must be between 0 and 1")
 

@@ -21,7 +21,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value, load_dat
 from datasets import Image as ImageFeature
 
 from common.image_io import ImageLoadError, load_image
-from train.data import DataError, describe_source, image_source
+from train.data import DataError, describe_source, image_source, load_named_dataset
 
 IMAGE = "image"
 LABELS = "labels"
@@ -81,13 +81,12 @@ def load_csv(files: dict[str, str], label_column: str, image_column: str = "path
 
 def load_hub(name: str, config: str | None, split_names: dict[str, str]) -> DatasetDict:
     """Named splits of a Hugging Face dataset (hub id or local path)."""
-    try:
-        full = load_dataset(name, config)
-    except (FileNotFoundError, ConnectionError, OSError, ValueError) as error:
-        raise DataError(
-            f"Cannot load --dataset_name '{name}': {error}. Offline, pass local folders with --train_dir "
-            "or CSV files with --train_csv instead."
-        ) from error
+    full = load_named_dataset(
+        name,
+        config,
+        what="--dataset_name",
+        offline_hint="pass local folders with --train_dir or CSV files with --train_csv instead.",
+    )
     splits = {}
     for split, source in split_names.items():
         if source in full:

@@ -199,11 +199,7 @@ def per_class_table(logits: np.ndarray, labels: np.ndarray, id2label: dict[int, 
         count = int(confusion[class_id, worst])
         rows.append(
             {
-                "label": name,
-                "support": int(support[class_id]),
-                "precision": float(precision[class_id]),
-                "recall": float(recall[class_id]),
-                "f1": float(f1[class_id]),
+                **_class_scores(name, class_id, precision, recall, f1, support),
                 "confused_with": names[worst] if count else None,
                 "confused_count": count,
             }
@@ -245,11 +241,7 @@ def per_class_multilabel_table(
         has_positives = bool(truth[:, class_id].any())
         rows.append(
             {
-                "label": name,
-                "support": int(support[class_id]),
-                "precision": float(precision[class_id]),
-                "recall": float(recall[class_id]),
-                "f1": float(f1[class_id]),
+                **_class_scores(name, class_id, precision, recall, f1, support),
                 "average_precision": (
                     float(average_precision_score(truth[:, class_id], probs[:, class_id])) if has_positives else None
                 ),
@@ -257,6 +249,17 @@ def per_class_multilabel_table(
             }
         )
     return rows
+
+
+def _class_scores(name: str, class_id: int, precision, recall, f1, support) -> dict[str, Any]:
+    """The columns every per-class row has, from scikit-learn's per-class arrays."""
+    return {
+        "label": name,
+        "support": int(support[class_id]),
+        "precision": float(precision[class_id]),
+        "recall": float(recall[class_id]),
+        "f1": float(f1[class_id]),
+    }
 
 
 def write_per_class_csv(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> Path:

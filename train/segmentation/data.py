@@ -46,13 +46,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, List, Value, load_dataset, load_from_disk
+from datasets import Dataset, DatasetDict, Features, List, Value
 from datasets import Image as ImageFeature
 from PIL import Image
 
 from common.image_io import SUPPORTED_FORMATS
 from common.rle import TRAIN_CSV_HEADER, RLEError, rle_decode, rle_runs
-from train.data import DataError
+from train.data import DataError, load_named_dataset
 from train.data import image_source as cell_source
 
 NUM_DEFECT_CLASSES = 4
@@ -403,19 +403,13 @@ def load_hub_segmentation(
 
 
 def _load_splits(name: str, config: str | None) -> DatasetDict:
-    path = Path(name)
-    try:
-        # load_dataset cannot read save_to_disk output, which these marker files identify.
-        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-            loaded = load_from_disk(str(path))
-        else:
-            loaded = load_dataset(name, config)
-    except (FileNotFoundError, ConnectionError, OSError, ValueError) as error:
-        raise DataError(
-            f"Cannot load dataset '{name}': {error}. Offline, pass a local folder: load_kaggle for train.csv + "
-            "train_images/, load_mask_folders for images/ + masks/."
-        ) from error
-    return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
+    return load_named_dataset(
+        name,
+        config,
+        what="dataset",
+        offline_hint="pass a local folder: load_kaggle for train.csv + train_images/, load_mask_folders for "
+        "images/ + masks/.",
+    )
 
 
 def standardise_segmentation(
