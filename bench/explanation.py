@@ -2,7 +2,8 @@
 
 Localisation (``--parts-model``): a classifier fine-tuned on the generated ``parts`` data set
 explains the TRUE class of ``--n`` test images, and each heatmap (at the image's own
-resolution) is compared with the exact object mask the generator wrote:
+resolution) is compared with the exact object mask the generator wrote, with the localisation
+measures of ``pipelines.explanation.metrics``:
 
 * energy share: ``heatmap[mask].sum() / heatmap.sum()``, the part of the heatmap on the object;
 * chance level: the share of the image the mask covers (what a uniform heatmap scores), and
@@ -55,6 +56,7 @@ from bench.common import (
     publish_report,
     time_round_robin,
 )
+from common.checkpoint_files import CONFIG_FILE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "explanation.json"
@@ -73,97 +75,12 @@ ISOLATED_METHODS = ("eigencam",)
 SCORECAM_ROUNDS = 3  # each call is ~40 batched forward passes of 32 images
 NO_PARTS_MODEL = "no parts model: run make bench-train first"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-NEAR_FRACTION = 0.035  # "near the object": within this share of the image's shorter side
 # Object-size bins (the mask's share of the image); parts cover 1-30% of a generated image.
 SIZE_BINS = ((0.0, 0.05), (0.05, 0.1), (0.1, 0.2), (0.2, 1.0))
 
 
 # ---------------------------------------------------------------------------------------------
-# Localisation metrics
-
-
-def energy_share(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """The share of the heatmap's total on the object: ``heatmap[mask].sum() / heatmap.sum()``.
-
-    An all-zero heatmap marks no place more than another, like a uniform one, so it scores
-    what a uniform heatmap scores: the mask's share of the image (the chance level).
-
-    Raises:
-        ValueError: The heatmap and mask differ in shape, or the heatmap has negative values.
-    """
-    heatmap, mask = _checked(heatmap, mask)
-    total = float(heatmap.sum(dtype=np.float64))
-    if total <= 0.0:
-        return float(mask.mean())
-    return float(heatmap[mask].sum(dtype=np.float64)) / total
-
-
-def grown_mask(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """``mask`` plus every pixel within ``pixels`` of it (a square neighbourhood, like a max filter)."""
-    import torch
-
-    mask = np.asarray(mask, dtype=bool)
-    if pixels <= 0:
-        return mask
-    grown = torch.nn.functional.max_pool2d(
-        torch.from_numpy(mask.astype(np.float32))[None, None], 2 * pixels + 1, stride=1, padding=pixels
-    )
-    return grown[0, 0].numpy() > 0.5
-
-
-def energy_near_object(heatmap: np.ndarray, mask: np.ndarray, fraction: float = NEAR_FRACTION) -> float:
-    """The energy share on the object grown by ``fraction`` of the image's shorter side.
-
-    Next to :func:`energy_share` it tells blur at the object's outline (counted here) from heat
-    away from the object (counted in neither).
-    """
-    heatmap, mask = _checked(heatmap, mask)
-    return energy_share(heatmap, grown_mask(mask, round(fraction * min(mask.shape))))
-
-
-def pointing_hit(heatmap: np.ndarray, mask: np.ndarray) -> bool:
-    """Pointing game: is the heatmap's maximum reached on the object?
-
-    Ties count as a hit when any pixel at the maximum is on the object (bilinear upsampling
-    can spread the peak over a few pixels). An all-zero heatmap points nowhere: a miss.
-    """
-    heatmap, mask = _checked(heatmap, mask)
-    peak = float(heatmap.max())
-    if peak <= 0.0 or not mask.any():
-        return False
-    return bool(float(heatmap[mask].max()) >= peak)
-
-
-def _checked(heatmap: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    heatmap, mask = np.asarray(heatmap), np.asarray(mask, dtype=bool)
-    if heatmap.shape != mask.shape:
-        raise ValueError(f"heatmap {heatmap.shape} and mask {mask.shape} must have the same (height, width)")
-    if heatmap.size and float(heatmap.min()) < 0.0:
-        raise ValueError("heatmap has negative values; energy shares need a non-negative map (CAMs are)")
-    return heatmap, mask
-
-
-def resolution_ceiling(mask: np.ndarray, seen: np.ndarray, grid: tuple[int, int]) -> float:
-    """The energy share of a perfect heatmap at the CAM's resolution.
-
-    The mask is averaged over ``grid`` cells laid over the part of the image the model saw
-    (``seen``), upsampled bilinearly as a CAM is, and scored with :func:`energy_share`. A grid
-    as fine as the image gives 1; a 1 x 1 grid gives the mask's share of the seen part.
-    """
-    import torch
-    from PIL import Image
-
-    mask, seen = np.asarray(mask, dtype=bool), np.asarray(seen, dtype=bool)
-    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
-    if len(rows) == 0:
-        return 0.0
-    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    window = torch.from_numpy(mask[top:bottom, left:right].astype(np.float32))[None, None]
-    cells = torch.nn.functional.adaptive_avg_pool2d(window, grid)[0, 0].numpy()
-    upsampled = Image.fromarray(cells).resize((right - left, bottom - top), Image.Resampling.BILINEAR)
-    perfect = np.zeros(mask.shape, dtype=np.float32)
-    perfect[top:bottom, left:right] = np.clip(np.asarray(upsampled), 0.0, None)
-    return energy_share(perfect, mask)
+# Localisation summaries
 
 
 def _mean_median(values: Sequence[float]) -> dict[str, float]:
@@ -286,7 +203,7 @@ def load_mask(image_path: Path) -> np.ndarray:
     """
     from PIL import Image
 
-    from train.synthetic_parts import mask_path
+    from datagen.parts import mask_path
 
     path = mask_path(image_path)
     if not path.is_file():
@@ -325,7 +242,13 @@ def measure_localisation(
     """
     from common.image_io import load_image
     from pipelines.classification import ImageClassifier
-    from pipelines.explanation import explain_prediction
+    from pipelines.explanation import (
+        energy_near_object,
+        energy_share,
+        explain_prediction,
+        pointing_hit,
+        resolution_ceiling,
+    )
 
     classifier = ImageClassifier.from_pretrained(model_dir)
     records, grid = [], None
@@ -644,7 +567,7 @@ def run_benchmark(
 
 
 def _is_checkpoint(directory: Path) -> bool:
-    return (directory / "config.json").is_file()
+    return (directory / CONFIG_FILE).is_file()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -700,7 +623,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     elif not _is_checkpoint(args.parts_model):
         parser.error(
             f"--parts-model {args.parts_model} is not a checkpoint directory (no config.json); train one with "
-            "`python -m train.image_classification --model_name_or_path default --train_dir DATA/train "
+            "`python -m train.classification.train --model_name_or_path default --train_dir DATA/train "
             "... --output_dir DIR` (or make bench-train), or leave --parts-model out to skip localisation"
         )
     elif not (args.parts_data / SPLIT).is_dir():

@@ -1,4 +1,7 @@
-"""The explanation benchmark: its metrics on constructed maps, its localisation path on tiny random models."""
+"""The explanation benchmark: its summaries of constructed records, its localisation path on tiny random models.
+
+The localisation measures themselves live in ``pipelines.explanation`` and are tested in test_explanation.py.
+"""
 
 from __future__ import annotations
 
@@ -15,86 +18,21 @@ from bench.explanation import (
     by_object_size,
     class_index,
     compare_localisation,
-    energy_near_object,
-    energy_share,
-    grown_mask,
     localisation_summary,
     measure_localisation,
     parse_setting,
-    pointing_hit,
-    resolution_ceiling,
     select_test_images,
     setting_name,
     view_mask,
 )
+from datagen.parts import PART_KINDS, write_parts
 from tests.conftest import tiny_vit_config
-from train.synthetic_parts import PART_KINDS, write_parts
 
 PART_LABELS = dict(enumerate(PART_KINDS))
 
 
-def _square_mask(size=10, box=(2, 6)) -> np.ndarray:
-    mask = np.zeros((size, size), dtype=bool)
-    mask[box[0] : box[1], box[0] : box[1]] = True
-    return mask
-
-
 # ---------------------------------------------------------------------------------------------
-# Metrics on constructed heatmaps
-
-
-def test_energy_share_is_the_part_of_the_heatmap_on_the_mask():
-    mask = _square_mask()  # 16 of 100 pixels
-    heatmap = np.zeros((10, 10), dtype=np.float32)
-    heatmap[3:5, 3:5] = 1.0
-    assert energy_share(heatmap, mask) == 1.0
-    heatmap[0, 0] = 4.0  # as much energy off the object as on it
-    assert energy_share(heatmap, mask) == pytest.approx(0.5)
-    assert energy_share(np.where(mask, 0.0, 1.0), mask) == 0.0
-
-
-def test_uniform_and_all_zero_heatmaps_score_the_chance_level():
-    mask = _square_mask()
-    assert energy_share(np.full((10, 10), 0.3), mask) == pytest.approx(0.16)
-    assert energy_share(np.zeros((10, 10)), mask) == pytest.approx(0.16)
-
-
-def test_energy_share_refuses_mismatched_or_negative_maps():
-    with pytest.raises(ValueError, match=r"same \(height, width\)"):
-        energy_share(np.ones((10, 12)), _square_mask())
-    with pytest.raises(ValueError, match="negative"):
-        energy_share(np.full((10, 10), -1.0), _square_mask())
-
-
-def test_pointing_game_asks_whether_the_peak_is_on_the_object():
-    mask = _square_mask()
-    heatmap = np.full((10, 10), 0.2)
-    heatmap[4, 4] = 1.0
-    assert pointing_hit(heatmap, mask)
-    heatmap[9, 9] = 1.5
-    assert not pointing_hit(heatmap, mask)
-    heatmap[5, 5] = 1.5  # a tie between a pixel on the object and one off it
-    assert pointing_hit(heatmap, mask)
-    assert not pointing_hit(np.zeros((10, 10)), mask)  # a flat map points nowhere
-
-
-def test_grown_mask_adds_a_band_of_the_given_width():
-    mask = _square_mask(size=12, box=(5, 7))  # 2 x 2 in the middle
-    assert grown_mask(mask, 0).sum() == 4
-    assert grown_mask(mask, 1).sum() == 16 and grown_mask(mask, 2).sum() == 36  # 4x4, 6x6 squares
-    assert grown_mask(mask, 1)[mask].all()
-
-
-def test_energy_near_the_object_counts_the_outline_but_not_far_heat():
-    mask = _square_mask(size=100, box=(40, 60))
-    ring = grown_mask(mask, 3) & ~mask  # heat just outside the outline: 3 px < 3.5% of 100 px
-    far = np.zeros((100, 100))
-    far[:10, :10] = 1.0
-    assert energy_share(ring.astype(float), mask) == 0.0
-    assert energy_near_object(ring.astype(float), mask) == pytest.approx(1.0)
-    assert energy_near_object(far, mask) == 0.0
-    half = ring.astype(float) / ring.sum() + far / far.sum()  # equal energy near and far
-    assert energy_near_object(half, mask) == pytest.approx(0.5)
+# Summaries of constructed records
 
 
 def _record(cls, energy, area, hit, correct=True, flat=False):
@@ -159,18 +97,6 @@ def test_settings_name_a_method_and_optionally_a_layer():
         parse_setting("guided@layer1")
     with pytest.raises(argparse.ArgumentTypeError, match="names no layer after '@'"):
         parse_setting("layercam@")
-
-
-def test_resolution_ceiling_is_what_a_perfect_map_at_the_grid_scores():
-    mask = _square_mask(size=16, box=(4, 8))  # 16 of 256 pixels
-    everywhere = np.ones((16, 16), dtype=bool)
-    assert resolution_ceiling(mask, everywhere, (16, 16)) == pytest.approx(1.0)  # one cell per pixel
-    assert resolution_ceiling(mask, everywhere, (1, 1)) == pytest.approx(16 / 256)  # uniform: chance
-    coarse, fine = resolution_ceiling(mask, everywhere, (2, 2)), resolution_ceiling(mask, everywhere, (8, 8))
-    assert 16 / 256 < coarse < fine < 1.0
-    seen = np.zeros((16, 16), dtype=bool)
-    seen[2:14, 2:14] = True  # a center crop: a 1 x 1 grid now spreads over the seen part only
-    assert resolution_ceiling(mask, seen, (1, 1)) == pytest.approx(16 / 144)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,20 +13,27 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines import explanation as explanation_module
 from pipelines.classification import ImageClassifier
 from pipelines.explanation import (
     METHODS,
     ExplanationError,
     candidate_layers,
+    check_guided,
     deletion_test,
+    energy_near_object,
+    energy_share,
     explain_defect,
     explain_prediction,
     faithfulness_sentence,
     find_target_layer,
+    grown_mask,
     input_placement,
     map_to_original,
+    pointing_hit,
+    resolution_ceiling,
 )
+from pipelines.explanation import cam as cam_module
+from pipelines.explanation import guided as guided_module
 from pipelines.segmentation import DefectSegmenter
 from tests.conftest import TINY_LABELS
 
@@ -177,6 +184,7 @@ def test_every_family_gives_a_heatmap_at_the_image_size(family, tiny_dirs, wide_
     assert explanation.target_score == pytest.approx(top.score, abs=1e-4)
     assert explanation.overlay.size == wide_photo.size and explanation.overlay.mode == "RGB"
     assert explanation.panels.size[0] > 3 * wide_photo.width and explanation.panels.height == wide_photo.height
+    assert explanation.region_pixels is None  # a defect explanation's field
 
 
 def test_resnet_from_the_shared_fixture_uses_its_last_stage(resnet, wide_photo):
@@ -234,19 +242,19 @@ def test_pixel_detail_is_refused_for_networks_that_mix_in_other_activations():
 
     mixed = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=3)  # ReLU and Hardswish
     with pytest.raises(ExplanationError, match=r"has Hardswish x\d+ besides \d+ ReLU"):
-        explanation_module.check_guided(mixed)
+        check_guided(mixed)
 
 
 def test_guided_gradients_pass_only_positive_signals_through_relus(resnet, wide_photo):
     model = resnet.model
-    view = explanation_module._guided_view(model)
+    view = guided_module._guided_view(model)
     bare = [m for m in view.modules() if type(m) in (torch.nn.ReLU, torch.nn.ReLU6)]
     assert bare == [] and any(type(m).__name__ == "GuidedBackpropReLUasModule" for m in view.modules())
     pixel_values = resnet.preprocess([wide_photo])
-    guided = explanation_module._guided_gradients(model, pixel_values, 0)
+    guided = guided_module._guided_gradients(model, pixel_values, 0)
     with torch.enable_grad():
         pixels = pixel_values.clone().requires_grad_(True)
-        explanation_module._frozen_view(model)(pixel_values=pixels).logits[0, 0].backward()
+        cam_module._frozen_view(model)(pixel_values=pixels).logits[0, 0].backward()
     plain = pixels.grad[0].abs().sum(dim=0).numpy()
     assert guided.shape == plain.shape and guided.max() > 0
     assert np.corrcoef(guided.ravel(), plain.ravel())[0, 1] < 0.95  # the guided ReLUs changed the signal
@@ -444,6 +452,82 @@ def test_deletion_test_on_a_flat_map_says_so(resnet, wide_photo):
 
 
 # ---------------------------------------------------------------------------------------------
+# Localisation metrics (used by the benchmarks, which have the true masks)
+
+
+def _square_mask(size=10, box=(2, 6)) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=bool)
+    mask[box[0] : box[1], box[0] : box[1]] = True
+    return mask
+
+
+def test_energy_share_is_the_part_of_the_heatmap_on_the_mask():
+    mask = _square_mask()  # 16 of 100 pixels
+    heatmap = np.zeros((10, 10), dtype=np.float32)
+    heatmap[3:5, 3:5] = 1.0
+    assert energy_share(heatmap, mask) == 1.0
+    heatmap[0, 0] = 4.0  # as much energy off the object as on it
+    assert energy_share(heatmap, mask) == pytest.approx(0.5)
+    assert energy_share(np.where(mask, 0.0, 1.0), mask) == 0.0
+
+
+def test_uniform_and_all_zero_heatmaps_score_the_chance_level():
+    mask = _square_mask()
+    assert energy_share(np.full((10, 10), 0.3), mask) == pytest.approx(0.16)
+    assert energy_share(np.zeros((10, 10)), mask) == pytest.approx(0.16)
+
+
+def test_energy_share_refuses_mismatched_or_negative_maps():
+    with pytest.raises(ValueError, match=r"same \(height, width\)"):
+        energy_share(np.ones((10, 12)), _square_mask())
+    with pytest.raises(ValueError, match="negative"):
+        energy_share(np.full((10, 10), -1.0), _square_mask())
+
+
+def test_pointing_game_asks_whether_the_peak_is_on_the_object():
+    mask = _square_mask()
+    heatmap = np.full((10, 10), 0.2)
+    heatmap[4, 4] = 1.0
+    assert pointing_hit(heatmap, mask)
+    heatmap[9, 9] = 1.5
+    assert not pointing_hit(heatmap, mask)
+    heatmap[5, 5] = 1.5  # a tie between a pixel on the object and one off it
+    assert pointing_hit(heatmap, mask)
+    assert not pointing_hit(np.zeros((10, 10)), mask)  # a flat map points nowhere
+
+
+def test_grown_mask_adds_a_band_of_the_given_width():
+    mask = _square_mask(size=12, box=(5, 7))  # 2 x 2 in the middle
+    assert grown_mask(mask, 0).sum() == 4
+    assert grown_mask(mask, 1).sum() == 16 and grown_mask(mask, 2).sum() == 36  # 4x4, 6x6 squares
+    assert grown_mask(mask, 1)[mask].all()
+
+
+def test_energy_near_the_object_counts_the_outline_but_not_far_heat():
+    mask = _square_mask(size=100, box=(40, 60))
+    ring = grown_mask(mask, 3) & ~mask  # heat just outside the outline: 3 px < 3.5% of 100 px
+    far = np.zeros((100, 100))
+    far[:10, :10] = 1.0
+    assert energy_share(ring.astype(float), mask) == 0.0
+    assert energy_near_object(ring.astype(float), mask) == pytest.approx(1.0)
+    assert energy_near_object(far, mask) == 0.0
+    half = ring.astype(float) / ring.sum() + far / far.sum()  # equal energy near and far
+    assert energy_near_object(half, mask) == pytest.approx(0.5)
+
+
+def test_resolution_ceiling_is_what_a_perfect_map_at_the_grid_scores():
+    mask = _square_mask(size=16, box=(4, 8))  # 16 of 256 pixels
+    everywhere = np.ones((16, 16), dtype=bool)
+    assert resolution_ceiling(mask, everywhere, (16, 16)) == pytest.approx(1.0)  # one cell per pixel
+    assert resolution_ceiling(mask, everywhere, (1, 1)) == pytest.approx(16 / 256)  # uniform: chance
+    coarse, fine = resolution_ceiling(mask, everywhere, (2, 2)), resolution_ceiling(mask, everywhere, (8, 8))
+    assert 16 / 256 < coarse < fine < 1.0
+    seen = np.zeros((16, 16), dtype=bool)
+    seen[2:14, 2:14] = True  # a center crop: a 1 x 1 grid now spreads over the seen part only
+    assert resolution_ceiling(mask, seen, (1, 1)) == pytest.approx(16 / 144)
+
+
+# ---------------------------------------------------------------------------------------------
 # Hooks, gradients, memory, threads
 
 
@@ -585,8 +669,8 @@ def test_real_photos_get_faithful_heatmaps(default_classifier):
 def test_views_are_reused_until_the_weights_are_replaced(tiny_resnet_dir, wide_photo, monkeypatch):
     classifier = ImageClassifier.from_pretrained(tiny_resnet_dir)  # its own model, so its own views
     copies = []
-    copy_view = explanation_module._frozen_view
-    monkeypatch.setattr(explanation_module, "_frozen_view", lambda model: copies.append(model) or copy_view(model))
+    copy_view = cam_module._frozen_view
+    monkeypatch.setattr(cam_module, "_frozen_view", lambda model: copies.append(model) or copy_view(model))
     first = explain_prediction(classifier, wide_photo, target=0, faithfulness=False).heatmap
     np.testing.assert_array_equal(
         explain_prediction(classifier, wide_photo, target=0, faithfulness=False).heatmap, first
@@ -722,6 +806,19 @@ def test_tiled_and_resized_segmenters_explain_the_whole_image(defect_dir, segmen
     assert heatmap[DEFECT_BOX].mean() > 2 * heatmap.mean()
 
 
+def test_defect_explanation_counts_the_pixels_of_the_region_it_explains(defect_dir, segmenter, defect_photo):
+    raw = segmenter.segment(defect_photo, min_area=0).label_map == 2  # the argmax, no minimum area
+    explanation = explain_defect(segmenter, defect_photo, class_id=2, faithfulness=False)
+    assert explanation.region_pixels == int(raw.sum()) > 0
+    # A minimum area above that size clears the region from the served outline; the
+    # explanation is still given, and its count says the region exists before min_area only.
+    assert not segmenter.segment(defect_photo, min_area=int(raw.sum()) + 1).region(2).present
+    # With resize_to the count is in pixels of the original image, as min_area counts them.
+    resized = DefectSegmenter.from_pretrained(defect_dir, resize_to=(64, 96))
+    raw_resized = resized.segment(defect_photo, min_area=0).label_map == 2
+    assert explain_defect(resized, defect_photo, class_id=2, faithfulness=False).region_pixels == raw_resized.sum()
+
+
 @pytest.mark.parametrize(
     ("method", "layer"),
     [("hirescam", None), ("eigencam", None), ("gradcam", "decode_head.linear_fuse"), ("gradcam", "segformer.stages.3")],
@@ -757,7 +854,7 @@ def test_defect_explanations_leave_no_trace(segmenter, defect_photo):
     with pytest.raises(ExplanationError):
         explain_defect(segmenter, defect_photo, class_id=4)
     assert _hooks(model) == hooks_of_transformers
-    (view, _), *others = explanation_module._IDLE_VIEWS[model]
+    (view, _), *others = cam_module._IDLE_VIEWS[model]
     assert others == []  # one view, reused by every call above,
     assert _hooks(view) == hooks_of_transformers  # though it carries transformers' hooks
     assert all(p.grad is None for p in model.parameters())
