@@ -209,7 +209,8 @@ class CalibrationRecord:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise CalibrationFileError(
-                f"{path} is not valid JSON ({error}); delete it to serve uncalibrated scores, or re-run calibration."
+                f"{path} is malformed: not valid JSON ({error}). Delete it to serve uncalibrated scores, or re-run "
+                "calibration."
             ) from error
         try:
             return cls._from_json(data)

@@ -75,3 +75,18 @@ def saved_metrics(directory: str | os.PathLike) -> dict[str, float]:
                 {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
             )
     return metrics
+
+
+def read_model_card(directory: str | os.PathLike | None) -> str | None:
+    """The model card saved with a checkpoint, without its YAML front matter; None when there is none.
+
+    The front matter is metadata for the Hub (tags, metric names), not text for people.
+    """
+    path = Path(directory) / MODEL_CARD_FILE if directory else None
+    if path is None or not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text.startswith("---\n"):
+        _, closed, body = text[4:].partition("\n---\n")
+        text = body if closed else text
+    return text.strip()

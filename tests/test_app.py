@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import subprocess
 import sys
 import time
@@ -15,6 +16,8 @@ from gradio_client import Client, handle_file
 
 import app
 from pipelines.examples import example_photos
+from ui import build_demo
+from ui.segment import defect_explanation_markdown, segmentation_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 CAT_LABELS = ("tiger cat", "Egyptian cat", "tabby, tabby cat")
@@ -69,8 +72,9 @@ def test_eight_concurrent_requests_all_succeed(client):
 
 
 def test_model_endpoint_describes_the_default(client):
-    text, plots = client.predict("default", api_name="/describe_model")
+    text, plots, card = client.predict("default", api_name="/describe_model")
     assert plots == []  # the default model ships no training report
+    assert card  # its model card, or a sentence saying there is none
     assert (
         "not calibrated" in text
         and "tf_efficientnet_lite0" in text
@@ -132,6 +136,12 @@ def test_bad_classifier_flag_stops_with_a_message():
     assert "./no/such/checkpoint" in result.stderr and "does not exist" in result.stderr
 
 
+def test_stage1_without_a_segmenter_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--stage1", "models/steel-stage1"])
+    assert "--stage1 goes with --segmenter" in capsys.readouterr().err
+
+
 def test_explain_endpoint_returns_panels_and_a_faithfulness_sentence(client, chelsea):
     from PIL import Image
 
@@ -188,7 +198,7 @@ def test_segment_endpoint_outlines_and_offers_downloads(tmp_path):
 
     Image.new("RGB", (320, 64), (128, 128, 128)).save(image)
 
-    demo = app.build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(tmp_path / "seg"))
+    demo = build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(tmp_path / "seg"))
     demo.launch(prevent_thread_lock=True, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
@@ -213,14 +223,14 @@ def test_segment_endpoint_outlines_and_offers_downloads(tmp_path):
 def test_segment_without_a_model_says_how_to_get_one(tmp_path):
     from pipelines.registry import ClassifierRegistry, LazySegmenter
 
-    demo = app.build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(None))
+    demo = build_demo(ClassifierRegistry.from_sources(models_dir=None), LazySegmenter(None))
     demo.launch(prevent_thread_lock=True, quiet=True)
     image = tmp_path / "strip.png"
     from PIL import Image
 
     Image.new("RGB", (64, 32)).save(image)
     try:
-        with pytest.raises(Exception, match="No defect segmentation model.*train.semantic_segmentation"):
+        with pytest.raises(Exception, match=r"No defect segmentation model.*train\.(semantic_)?segmentation"):
             Client(demo.local_url, verbose=False).predict(handle_file(str(image)), 0, api_name="/segment")
     finally:
         demo.close()
@@ -236,9 +246,96 @@ def test_segment_verdict_says_when_stage1_and_the_segmenter_disagree():
 
     regions = [region(1, "pitting", 0.0, True), region(2, "scratches", 0.0, False), region(3, "patches", 0.1, False)]
     stage1 = {"pitting": 0.01, "scratches": 0.97, "patches": 0.99}
-    text = app.segmentation_markdown(Segmentation(np.zeros((2, 2), np.uint8), None, regions, True, stage1))
+    text = segmentation_markdown(Segmentation(np.zeros((2, 2), np.uint8), None, regions, True, stage1))
     assert text.startswith("**Defective**: patches") and "Ruled out, so removed from the outline: pitting." in text
     assert "Stage 1 sees scratches, but the segmenter outlined none" in text  # not patches: both agree there
     agreed = [region(1, "pitting", 0.0, True), region(2, "scratches", 0.2, False), region(3, "patches", 0.1, False)]
     agreeing = Segmentation(np.zeros((2, 2), np.uint8), None, agreed, True, stage1)
-    assert "disagree" not in app.segmentation_markdown(agreeing)
+    assert "disagree" not in segmentation_markdown(agreeing)
+
+
+STEEL = ROOT / "examples" / "steel"
+
+
+def test_describe_segmenter_endpoint_reads_the_demo_pair(client):
+    text, plots, card = client.predict("segmenter", api_name="/describe_segmenter")
+    assert "SegformerForSemanticSegmentation (segformer)" in text
+    assert "background, pitting, crazing, scratches, patches" in text and "tiles 512 px wide" in text
+    assert "TimmWrapperForImageClassification" in text  # its stage 1
+    # Both tuned sets from config.json, and the one served with a stage 1 attached.
+    assert "| pitting | 200 | 0 |" in text and "| patches | 12800 | 0 |" in text
+    assert "applied now: `min_area_two_stage`" in text
+    assert "| eval_mean_dice | 0.6987 |" in text  # eval_results.json beside the weights
+    assert card.startswith("# ") and "Held-out evaluation" in card and "library_name" not in card
+    assert sorted(Path(item["image"]).name for item in plots) == ["predictions.png", "training_curves.png"]
+    assert [item["caption"] for item in plots][0].startswith("Validation images")
+
+    text, plots, card = client.predict("stage 1", api_name="/describe_segmenter")
+    assert text.startswith("**Stage 1 of `") and "pitting 0.2" in text and "patches 0.1" in text
+    assert "tf_efficientnet_lite0" in text and "| Classes | 4 |" in text and "**Trust**: multi-label" in text
+    assert [Path(item["image"]).name for item in plots] == ["training_curves.png"]
+    assert "library_name" not in card and "stage" in card.lower()
+
+
+def test_explain_a_defect_class_that_stage1_ruled_out(client):
+    """steel_3: the segmenter alone paints pitting, stage 1 rules it out, so the outline has none."""
+    strip = handle_file(str(STEEL / "steel_3.jpg"))
+    _, text = client.predict(strip, "pitting", "gradcam", api_name="/explain_defect")
+    assert text.startswith("**The outline has no pitting region**: stage 1 ruled pitting out (it gives pitting 0.")
+    assert "(**gradcam** on layer `decode_head.activation`) shows where the segmenter alone, before stage 1" in text
+    assert re.search(r"paints \*\*pitting\*\*: \d{3,} pixels with mean probability", text)  # thousands, in fact
+    assert "none of it in the outline shown" in text
+    assert "(probability" not in text and "Faithfulness" in text
+    _, text = client.predict(strip, "crazing", "gradcam", api_name="/explain_defect")  # outlined: as before
+    assert text.startswith("**gradcam** on layer") and "**crazing** (probability" in text
+    with pytest.raises(Exception, match="'patches'.*not found in this image"):  # not even painted
+        client.predict(strip, "patches", "gradcam", api_name="/explain_defect")
+
+
+def test_explain_a_defect_class_under_the_minimum_area(client):
+    """steel_1's scratch (about 1,900 pixels) is dropped when the slider asks for 2,000."""
+    strip = handle_file(str(STEEL / "steel_1.jpg"))
+    _, _, verdict, _ = client.predict(strip, 2000, api_name="/segment")
+    assert verdict.startswith("**Clean**")
+    _, text = client.predict(strip, "scratches", "gradcam", 2000, api_name="/explain_defect")
+    assert text.startswith(
+        "**The outline has no scratches region**: the segmenter's scratches pixels add up to less than the "
+        "minimum area of 2000 pixels, so they were dropped."
+    )
+
+
+def test_defect_wording_counts_the_pixels_when_the_explanation_has_them():
+    from types import SimpleNamespace
+
+    from pipelines.segmentation import DefectRegion, Segmentation
+
+    region = DefectRegion(2, "scratches", np.zeros((2, 2), bool), 0.0, 0.0, "", False)
+    outline = Segmentation(np.zeros((2, 2), np.uint8), None, [region], False, None)
+    explanation = SimpleNamespace(
+        target_index=2, target_label="scratches", target_score=0.7, method="gradcam", layer_name="head",
+        guided=False, faithfulness=None, region_pixels=1234,
+    )  # fmt: skip
+    text = defect_explanation_markdown(explanation, outline, {2: 0})
+    assert "the segmenter did not outline scratches in this image" in text
+    assert "paints **scratches**: 1234 pixels with mean probability 70%" in text
+
+
+def test_model_tab_shows_a_classifiers_model_card(tmp_path, tiny_vit_dir):
+    import shutil
+
+    from pipelines.registry import ClassifierRegistry, LazySegmenter
+
+    shutil.copytree(tiny_vit_dir, tmp_path / "parts-vit")
+    (tmp_path / "parts-vit" / "README.md").write_text(
+        "---\nlibrary_name: transformers\n---\n\n# parts-vit\n\nTop-1 accuracy 91% on the held-out parts.\n"
+    )
+    demo = build_demo(ClassifierRegistry.from_sources(models_dir=tmp_path), LazySegmenter(None))
+    demo.launch(prevent_thread_lock=True, quiet=True)
+    try:
+        text, _, card = Client(demo.local_url, verbose=False).predict(
+            str(tmp_path / "parts-vit"), api_name="/describe_model"
+        )
+    finally:
+        demo.close()
+    assert card == "# parts-vit\n\nTop-1 accuracy 91% on the held-out parts."
+    assert "| Classes | 3 |" in text and "see its model card below" in text

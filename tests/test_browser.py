@@ -11,6 +11,9 @@ import pytest
 import app
 from pipelines.examples import example_photos
 
+STEEL = Path(__file__).resolve().parents[1] / "examples" / "steel"
+CAT_LABELS = ("tiger cat", "Egyptian cat", "tabby, tabby cat")
+
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a sandboxed, offline machine: no background fetches that would only fail.
 CHROMIUM_FLAGS = [
@@ -53,8 +56,30 @@ def page():
         app.demo.close()
 
 
-def _upload(page, path):
-    page.locator("input[type=file]").first.set_input_files(str(path))
+def _upload(page, path, into: str = ""):
+    """Upload ``path`` into the first image input, or the one inside the element with id ``into``."""
+    page.locator(f"#{into} input[type=file]" if into else "input[type=file]").first.set_input_files(str(path))
+
+
+def _open_tab(page, name):
+    """A fresh page (no state from the test before) showing the tab called ``name``."""
+    page.reload(wait_until="networkidle")
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _text_when(page, selector, text, timeout=60_000) -> str:
+    """The text of ``selector`` once it contains ``text`` (results arrive asynchronously)."""
+    page.wait_for_function(
+        "([selector, text]) => document.querySelector(selector)?.textContent.includes(text)",
+        arg=[selector, text],
+        timeout=timeout,
+    )
+    return page.locator(selector).text_content()
+
+
+def _screenshot(page, name):
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOT_DIR / f"{name}.png"), full_page=True)
 
 
 def test_upload_a_photo_and_read_the_label(page):
@@ -68,8 +93,7 @@ def test_upload_a_photo_and_read_the_label(page):
         timeout=60_000,
     )
     assert "espresso" in heading.text_content()
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT_DIR / "classify.png"), full_page=True)
+    _screenshot(page, "classify")
 
 
 def test_upload_a_non_image_and_see_the_error(page, tmp_path):
@@ -81,6 +105,76 @@ def test_upload_a_non_image_and_see_the_error(page, tmp_path):
     error = page.get_by_text("not a recognised image format")
     error.first.wait_for(timeout=60_000)
     assert "notes.png" in page.content()
-    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT_DIR / "error.png"), full_page=True)
+    _screenshot(page, "error")
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_explain_a_photo_and_read_the_faithfulness_sentence(page):
+    chelsea = next(path for path in example_photos() if path.name == "chelsea.png")
+    _open_tab(page, "Explain")
+    _upload(page, chelsea, into="explain-image")
+    page.get_by_role("button", name="Explain", exact=True).click()
+    text = _text_when(page, "#faithfulness", "Faithfulness")
+    assert text.strip().startswith("gradcam on layer") and any(
+        f"for {label} (probability" in text for label in CAT_LABELS
+    )
+    assert "heatmap" in text.split("Faithfulness", 1)[1]  # the deletion test's sentence, not only its score
+    assert page.get_by_test_id("label-output-value").filter(visible=True).text_content().strip() in CAT_LABELS
+    _screenshot(page, "explain")
+
+
+def test_explain_this_image_sends_the_photo_to_the_explain_tab(page):
+    coffee = next(path for path in example_photos() if path.name == "coffee.png")
+    page.reload(wait_until="networkidle")
+    _upload(page, coffee)
+    page.get_by_role("button", name="Explain this image").click()
+    page.get_by_role("tab", name="Explain", selected=True).wait_for(timeout=30_000)
+    page.locator("#explain-image img").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Explain", exact=True).click()
+    assert "for espresso (probability" in _text_when(page, "#faithfulness", "Faithfulness")
+
+
+def test_segment_an_example_strip_and_ask_why_a_class_is_missing(page):
+    """steel_3: crazing and scratches outlined; pitting ruled out by stage 1, so its heatmap says so."""
+    _open_tab(page, "Segment")
+    page.locator("#steel-examples button", has=page.locator("img[src$='steel_3.jpg']")).click()
+    page.locator("#steel-image img").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Find defects").click()
+    verdict = _text_when(page, "#defect-verdict", "Defective")
+    assert (
+        verdict.strip().startswith("Defective: crazing")
+        and "Ruled out, so removed from the outline: pitting" in verdict
+    )
+    assert page.locator("#defects .legend-item").all_text_contents() == ["crazing", "scratches"]
+    downloads = page.locator("#defect-downloads a[download]")
+    assert sorted(link.get_attribute("download") for link in downloads.all()) == ["steel_3_mask.png", "steel_3_rle.csv"]
+
+    page.get_by_text("Why this outline?").click()
+    page.locator("#defect-class input").click()
+    page.get_by_role("option", name="pitting").click()
+    page.get_by_role("button", name="Explain this defect").click()
+    text = _text_when(page, "#defect-explanation", "Faithfulness")
+    assert text.strip().startswith("The outline has no pitting region: stage 1 ruled pitting out")
+    assert "shows where the segmenter alone, before stage 1 and the minimum area, paints pitting" in text
+    _screenshot(page, "segment")
+
+
+def test_model_tab_describes_a_classifier_and_the_segmenter_pair(page):
+    _open_tab(page, "Model")
+    assert "tf_efficientnet_lite0" in _text_when(page, "#classifier-details", "Trust")  # the default, on load
+    page.locator("#model-model input").click()
+    page.get_by_role("option", name="steel-stage1").click()
+    details = _text_when(page, "#classifier-details", "multi-label")
+    assert "/models/steel-stage1" in details and "eval_mAP" in details
+    page.get_by_text("Model card (README.md saved with the checkpoint)").filter(visible=True).click()
+    assert "stage1: image classifier (4 classes)" in _text_when(page, "#classifier-details-card", "Intended use")
+    _screenshot(page, "model-classifier")
+
+    page.get_by_role("tab", name="Defect segmenter").click()
+    details = _text_when(page, "#segmenter-details", "SegformerForSemanticSegmentation")
+    assert "min_area_two_stage" in details and "eval_mean_dice" in details
+    page.get_by_text("Model card (README.md saved with the checkpoint)").filter(visible=True).click()
+    assert "Held-out evaluation" in _text_when(page, "#segmenter-details-card", "Held-out evaluation")
+    _screenshot(page, "model")
+    page.get_by_text("its stage 1: steel-stage1").click()
+    assert "Stage 1 of steel-segformer" in _text_when(page, "#segmenter-details", "Stage 1 of")

@@ -1,0 +1,34 @@
+"""The Gradio app's layout: one module per tab, each building its components, handlers and events.
+
+``build_demo`` makes the page and calls each tab's ``build(context)`` inside the tabs; a new
+tab is a new module here plus one line below. Nothing loads a model until a request needs it.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from common.image_io import MAX_FILE_BYTES
+from pipelines.registry import ClassifierRegistry, LazySegmenter
+from ui import classify, explain, model, segment
+from ui.common import TabContext
+
+TITLE = "Visual inspection toolkit"
+
+
+def build_demo(
+    registry: ClassifierRegistry,
+    segmenter_source: LazySegmenter | None = None,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> gr.Blocks:
+    """The Blocks UI; ``registry`` says which classifiers the dropdowns offer, ``segmenter_source`` which segmenter."""
+    with gr.Blocks(title=TITLE) as demo:
+        gr.Markdown(f"# {TITLE}\nIdentify objects in images, see why the model decided, and how far to trust it.")
+        context = TabContext(registry, segmenter_source or LazySegmenter(None), demo, max_file_bytes)
+        with gr.Tabs() as tabs:
+            classify_tab = classify.build(context)
+            explain_tab = explain.build(context)
+            segment.build(context)
+            model.build(context)
+        explain_tab.receive(classify_tab.send_button, classify_tab.image, classify_tab.model, tabs)
+    return demo

@@ -1,0 +1,114 @@
+"""What every tab shares: the models on offer, reading uploads, and errors worded for people."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from common.checkpoints import ModelLoadError
+from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
+from pipelines.explanation import ExplanationError
+from pipelines.registry import ClassifierRegistry, LazySegmenter
+
+logger = logging.getLogger("vispect.app")
+
+# Image events run on the raw payload; see uploaded_image().
+RAW_UPLOAD = {"preprocess": False}
+
+
+@dataclass(frozen=True)
+class TabContext:
+    """What a tab's builder needs: the models the app serves, the upload limit and the page."""
+
+    registry: ClassifierRegistry
+    segmenter: LazySegmenter
+    demo: gr.Blocks
+    max_file_bytes: int = MAX_FILE_BYTES
+
+    def classifier_dropdown(self, **options) -> gr.Dropdown:
+        """A "Classifier" dropdown over the registry's choices, set to the default model."""
+        choices = [(choice.label, choice.source) for choice in self.registry.choices]
+        return gr.Dropdown(choices=choices, value=self.registry.default, label="Classifier", **options)
+
+    def read_upload(self, payload) -> Image.Image:
+        """The RGB image behind a raw ``gr.Image`` payload, within the upload limit."""
+        source = uploaded_image(payload)
+        if source is None:
+            raise gr.Error("No image yet: upload a photo, take one with the webcam, or paste one first.")
+        return load_image(source, max_bytes=self.max_file_bytes)
+
+
+def uploaded_image(payload) -> str | bytes | None:
+    """The file (or bytes) behind a raw ``gr.Image`` payload, for our own loader.
+
+    Image events run with ``preprocess=False``: ``gr.Image`` would otherwise open every
+    upload with PIL before our code runs, and a non-image would fail inside Gradio with a
+    message naming a server temp path. ``common.image_io.load_image`` gives the specific
+    reason instead, and applies the size and pixel caps.
+    """
+    if not payload:
+        return None
+    if isinstance(payload, str):
+        return payload
+    url = payload.get("url") or ""
+    if not payload.get("path") and url.startswith("data:"):
+        return base64.b64decode(url.partition(",")[2])
+    return payload.get("path")
+
+
+def user_facing(handler: Callable) -> Callable:
+    """Turn our errors into a ``gr.Error`` with their message; never a traceback in the UI."""
+
+    def wrapped(*args):
+        try:
+            return handler(*args)
+        except gr.Error:
+            raise
+        except ImageLoadError as error:
+            # Uploads live in a server temp folder; name only the file the user chose.
+            raise gr.Error(
+                f"Cannot read image '{Path(error.source).name}': {error.reason}", print_exception=False
+            ) from None
+        except (ModelLoadError, ExplanationError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:
+            logger.exception("unexpected error in %s", handler.__name__)
+            raise gr.Error(f"Internal error ({type(error).__name__}): {error}. The server log has details.") from None
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+def scores_for_label(predictions) -> dict[str, float]:
+    """Predictions -> ``{label: score}`` for ``gr.Label``; repeated names stay apart."""
+    scores: dict[str, float] = {}
+    for prediction in predictions:
+        key = prediction.label if prediction.label not in scores else f"{prediction.label} (class {prediction.index})"
+        scores[key] = prediction.score
+    return scores
+
+
+def explanation_markdown(explanation, headline: str | None = None) -> str:
+    """What the heatmap shows and how far it can be trusted.
+
+    Args:
+        explanation: A ``pipelines.explanation.Explanation``.
+        headline: The first sentence, saying what the map is of; by default the method, the layer,
+            the target class and its probability.
+    """
+    text = headline or (
+        f"**{explanation.method}** on layer `{explanation.layer_name}` for **{explanation.target_label}** "
+        f"(probability {explanation.target_score:.0%})."
+    )
+    if explanation.guided:
+        text += " With pixel detail: the heatmap times guided-backpropagation gradients."
+    if explanation.faithfulness is not None:
+        text += f"\n\n**Faithfulness {explanation.faithfulness.score:+.2f}**: {explanation.faithfulness.sentence}"
+    return text
