@@ -77,6 +77,12 @@ def _text_when(page, selector, text, timeout=60_000) -> str:
     return page.locator(selector).text_content()
 
 
+def _open_card(page, selector, waited_for):
+    """Open the visible model-card accordion and return its text once ``waited_for`` shows."""
+    page.get_by_text("Model card (README.md saved with the checkpoint)").filter(visible=True).click()
+    return _text_when(page, selector, waited_for)
+
+
 def _screenshot(page, name):
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOT_DIR / f"{name}.png"), full_page=True)
@@ -166,15 +172,13 @@ def test_model_tab_describes_a_classifier_and_the_segmenter_pair(page):
     page.get_by_role("option", name="steel-stage1").click()
     details = _text_when(page, "#classifier-details", "multi-label")
     assert "/models/steel-stage1" in details and "eval_mAP" in details
-    page.get_by_text("Model card (README.md saved with the checkpoint)").filter(visible=True).click()
-    assert "stage1: image classifier (4 classes)" in _text_when(page, "#classifier-details-card", "Intended use")
+    assert "stage1: image classifier (4 classes)" in _open_card(page, "#classifier-details-card", "Intended use")
     _screenshot(page, "model-classifier")
 
     page.get_by_role("tab", name="Defect segmenter").click()
     details = _text_when(page, "#segmenter-details", "SegformerForSemanticSegmentation")
     assert "min_area_two_stage" in details and "eval_mean_dice" in details
-    page.get_by_text("Model card (README.md saved with the checkpoint)").filter(visible=True).click()
-    assert "Held-out evaluation" in _text_when(page, "#segmenter-details-card", "Held-out evaluation")
+    assert "Held-out evaluation" in _open_card(page, "#segmenter-details-card", "Held-out evaluation")
     _screenshot(page, "model")
     page.get_by_text("its stage 1: steel-stage1").click()
     assert "Stage 1 of steel-segformer" in _text_when(page, "#segmenter-details", "Stage 1 of")

@@ -227,14 +227,24 @@ def _group_rows(rows: list[_CsvRow], csv_name: str) -> dict[str, dict[int, _CsvR
     """``{ImageId: {ClassId: row}}``, refusing a class given twice for one image."""
     by_image: dict[str, dict[int, _CsvRow]] = {}
     for row in rows:
-        classes = by_image.setdefault(row.image_id, {})
-        if row.class_id in classes:
-            raise DataError(
-                f"{csv_name} lines {classes[row.class_id].line} and {row.line} both give ImageId {row.image_id} "
-                f"ClassId {row.class_id}; keep one row per (image, class), with all its runs in one EncodedPixels."
-            )
-        classes[row.class_id] = row
+        _put_once(
+            by_image.setdefault(row.image_id, {}),
+            row.class_id,
+            row,
+            lambda first, again: (
+                f"{csv_name} lines {first.line} and {again.line} both give ImageId "
+                f"{again.image_id} ClassId {again.class_id}; keep one row per (image, class), with all its runs in one "
+                "EncodedPixels."
+            ),
+        )
     return by_image
+
+
+def _put_once(table: dict, key, value, clash) -> None:
+    """``table[key] = value``, or a DataError with ``clash(first, again)`` when ``key`` is taken."""
+    if key in table:
+        raise DataError(clash(table[key], value))
+    table[key] = value
 
 
 def _kaggle_record(
@@ -342,12 +352,15 @@ def _mask_record(image_id: str, image: object, mask: object, size: tuple[int, in
 def _unique_stems(images: dict[str, Path], images_dir: Path) -> dict[str, Path]:
     by_stem: dict[str, Path] = {}
     for path in images.values():
-        if path.stem in by_stem:
-            raise DataError(
-                f"'{images_dir}' has both {by_stem[path.stem].name} and {path.name}; both would use mask "
-                f"{path.stem}.png. Rename or remove one."
-            )
-        by_stem[path.stem] = path
+        _put_once(
+            by_stem,
+            path.stem,
+            path,
+            lambda first, again: (
+                f"'{images_dir}' has both {first.name} and {again.name}; both would use mask "
+                f"{again.stem}.png. Rename or remove one."
+            ),
+        )
     return by_stem
 
 
