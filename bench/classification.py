@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bench.common import (
+    BENCHMARK_PHOTO,
+    RESULTS,
     benchmark_photo_path,
     free_port,
     latency_stats,
@@ -45,9 +47,9 @@ from bench.common import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "classification.json"
+DEFAULT_OUT = RESULTS / "classification.json"
 MODEL = "default"
-PHOTO = "coffee.png"
+PHOTO = BENCHMARK_PHOTO
 JPEG_QUALITY = 90
 TOP_K = 5  # what the app's slider starts at and what the transformers pipeline returns by default
 MAX_OVERHEAD_VS_FORWARD = 1.3

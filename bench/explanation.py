@@ -49,6 +49,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import (
+    BENCHMARK_PHOTO,
+    RESULTS,
     benchmark_photo_path,
     latency_stats,
     machine_info,
@@ -58,12 +60,11 @@ from bench.common import (
 )
 from common.checkpoint_files import CONFIG_FILE
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "explanation.json"
 DEFAULT_PARTS_MODEL = RESULTS / "runs" / "parts"
 DEFAULT_PARTS_DATA = RESULTS / "data" / "parts"
 SPEED_MODEL = "default"
-PHOTO = "coffee.png"
+PHOTO = BENCHMARK_PHOTO
 SPLIT = "test"
 LOCALISATION_METHOD = "gradcam"
 MIN_ENERGY_SHARE = 0.6

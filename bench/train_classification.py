@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from bench.common import log_tail, machine_info, publish_report
+from bench.common import RESULTS, log_tail, machine_info, publish_report
 from common.checkpoint_files import (
     ALL_RESULTS_FILE,
     EVAL_RESULTS_FILE,
@@ -41,9 +41,9 @@ from common.checkpoint_files import (
     TRAIN_RESULTS_FILE,
     TRAINER_STATE_FILE,
 )
+from datagen.arguments import INFO_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_OUT = RESULTS / "train_classification.json"
 DEFAULT_DATA_ROOT = RESULTS / "data"
 DEFAULT_RUNS_DIR = RESULTS / "runs"
@@ -120,7 +120,7 @@ def ensure_dataset(name: str, root: Path, writers: Mapping[str, Callable[..., di
     if name not in writers:
         raise ValueError(f"unknown data set {name!r}; choose from {', '.join(sorted(writers))}")
     folder = Path(root) / name
-    info_path = folder / "dataset_info.json"
+    info_path = folder / INFO_NAME
     written_now, seconds = False, 0.0
     if not info_path.is_file():
         started = time.perf_counter()

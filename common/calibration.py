@@ -143,7 +143,7 @@ class CalibrationRecord:
     @property
     def calibrated(self) -> bool:
         """True when a temperature was fitted and its calibration error measured."""
-        return math.isfinite(self.ece_after)
+        return self.ece_after is not None and math.isfinite(self.ece_after)
 
     @property
     def rejection_method(self) -> str | None:
@@ -221,22 +221,24 @@ class CalibrationRecord:
 
     @classmethod
     def _from_json(cls, data: Any) -> CalibrationRecord:
+        # Every key but the format's own is optional: a hand-written file with only a stage 1's
+        # multi_label_thresholds, or only a temperature, means the neutral value for the rest.
         if not isinstance(data, dict):
             raise TypeError(f"expected a JSON object, got {type(data).__name__}")
-        temperature = data["temperature"]
+        temperature = data.get("temperature", 1.0)
         if not _is_number(temperature):
             raise TypeError(f"'temperature' must be a number, got {temperature!r}")
         _check_temperature(temperature)
-        rejection = data["rejection"]
-        thresholds = data["multi_label_thresholds"]
+        rejection = data.get("rejection")
+        thresholds = data.get("multi_label_thresholds")
         if thresholds is not None:
             if not isinstance(thresholds, list) or not all(_is_number(t) for t in thresholds):
                 raise TypeError(f"'multi_label_thresholds' must be a list of numbers or null, got {thresholds!r}")
             thresholds = [float(t) for t in thresholds]
         return cls(
             temperature=float(temperature),
-            ece_before=_number_or_nan(data["ece_before"], "ece_before"),
-            ece_after=_number_or_nan(data["ece_after"], "ece_after"),
+            ece_before=_number_or_nan(data.get("ece_before"), "ece_before"),
+            ece_after=_number_or_nan(data.get("ece_after"), "ece_after"),
             rejection=None if rejection is None else OpenSetRule.from_dict(rejection),
             thresholds=thresholds,
         )

@@ -25,6 +25,8 @@ CALIBRATION_FILE = "calibration.json"
 # the segmenter alone and for the two-stage pipeline (a stage-1 classifier attached).
 MIN_AREA_KEY = "min_area"
 MIN_AREA_TWO_STAGE_KEY = "min_area_two_stage"
+# A segmenter trained on resized images: the HxW the pipeline resizes to before inference.
+INFERENCE_RESIZE_KEY = "inference_resize"
 
 # Later runtimes and tasks: the ONNX export of the network and an anomaly model's memory bank.
 ONNX_FILE = "model.onnx"
@@ -46,7 +48,6 @@ MISCLASSIFIED_PLOT = "misclassified.png"
 PREDICTIONS_PLOT = "predictions.png"
 # Files with saved metrics, in the order later ones override earlier ones.
 METRIC_FILES = (ALL_RESULTS_FILE, EVAL_RESULTS_FILE, TEST_RESULTS_FILE)
-REPORT_PLOTS = (CONFUSION_MATRIX_PLOT, TRAINING_CURVES_PLOT, RELIABILITY_PLOT, MISCLASSIFIED_PLOT, PREDICTIONS_PLOT)
 
 
 def is_checkpoint_dir(directory: str | os.PathLike) -> bool:

@@ -28,6 +28,9 @@ import numpy as np
 # Kaggle Severstal's CSV headers: the training file (one row per image and class present) and
 # a submission (one row per image and class, empty EncodedPixels for none).
 TRAIN_CSV_HEADER = ("ImageId", "ClassId", "EncodedPixels")
+# The Kaggle folder layout: the training CSV beside the image folder.
+TRAIN_CSV_NAME = "train.csv"
+TRAIN_IMAGES_DIR = "train_images"
 SUBMISSION_HEADER = ("ImageId", "EncodedPixels", "ClassId")
 
 # A well-formed RLE is whitespace-separated ASCII integers (signs allowed so that "-3" is

@@ -73,6 +73,7 @@ def forget_min_areas(config) -> None:
 
 
 def stage1_columns(
+    problem_type: str | None,
     stage1_labels: Sequence[str],
     defect_labels: Sequence[str],
     thresholds: Sequence[float] | None,
@@ -83,6 +84,7 @@ def stage1_columns(
     """Match a stage-1 classifier to a segmenter's defect classes.
 
     Args:
+        problem_type: The stage-1 config's ``problem_type``; it must be multi-label.
         stage1_labels: The stage-1 classifier's labels, in output order.
         defect_labels: The segmenter's defect labels (``id2label[1:]``), in class order.
         thresholds: Stage 1's fitted per-output thresholds, or None for the default.
@@ -92,8 +94,14 @@ def stage1_columns(
         For each defect class 1..C-1: the stage-1 output index with its label, and its threshold.
 
     Raises:
-        Stage1MismatchError: The labels differ, or the thresholds do not match the outputs.
+        Stage1MismatchError: Stage 1 is single-label, the labels differ, or the thresholds do not
+            match the outputs.
     """
+    if problem_type != "multi_label_classification":
+        raise Stage1MismatchError(
+            f"Stage-1 classifier '{stage1_name}' is single-label (softmax), so it cannot say that "
+            "several defect types are present. Train it with --problem_type multi_label."
+        )
     if sorted(stage1_labels) != sorted(defect_labels):
         raise Stage1MismatchError(
             f"Stage-1 classifier '{stage1_name}' has labels {list(stage1_labels)}, but segmentation model "

@@ -1,6 +1,9 @@
-"""Argument checks every generator makes before it writes anything."""
+"""What every generator shares: the summary file it writes and the checks it makes before writing."""
 
 from __future__ import annotations
+
+# Every data set folder holds this summary (name, seed, size, classes, counts) beside its images.
+INFO_NAME = "dataset_info.json"
 
 
 def check_seed(seed: int) -> None:

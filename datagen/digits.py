@@ -19,7 +19,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from datagen.arguments import check_seed
+from datagen.arguments import INFO_NAME, check_seed
 
 GENERATOR_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -106,5 +106,5 @@ def write_digits(out: str | Path, seed: int = 0, size: int = 64, splits: Sequenc
         "classes": classes,
         "counts": counts,
     }
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     return info

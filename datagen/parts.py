@@ -33,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from datagen.arguments import check_seed
+from datagen.arguments import INFO_NAME, check_seed
 
 GENERATOR_VERSION = 1
 PART_KINDS: tuple[str, ...] = ("gear", "hex_nut", "washer", "bolt", "spring", "bearing")
@@ -712,5 +712,5 @@ def write_parts(
         "other_counts": other_counts,
         "masks": f"{MASKS_DIR}/<class>/<image file name>",
     }
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     return info

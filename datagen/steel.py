@@ -42,14 +42,13 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from common.rle import TRAIN_CSV_HEADER, rle_decode, rle_encode
-from datagen.arguments import check_seed
+from common.rle import TRAIN_CSV_HEADER, TRAIN_CSV_NAME, TRAIN_IMAGES_DIR, rle_decode, rle_encode
+from datagen.arguments import INFO_NAME, check_seed
 
 GENERATOR_VERSION = 1
 CLASS_NAMES: dict[int, str] = {1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
-IMAGES_DIR = "train_images"
-CSV_NAME = "train.csv"
-INFO_NAME = "dataset_info.json"
+IMAGES_DIR = TRAIN_IMAGES_DIR
+CSV_NAME = TRAIN_CSV_NAME
 CSV_HEADER = TRAIN_CSV_HEADER
 JPEG_QUALITY = 95
 MIN_HEIGHT = 32

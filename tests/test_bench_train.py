@@ -198,9 +198,9 @@ def test_arguments_are_checked_by_flag():
 
 @pytest.mark.slow
 def test_short_benchmark_trains_reports_and_leaves_loadable_checkpoints(tiny_vit_dir, tmp_path, capsys):
-    from pipelines.classification import ImageClassifier
     from datagen.digits import write_digits
     from datagen.parts import write_parts
+    from pipelines.classification import ImageClassifier
 
     data_root, runs_dir, out = tmp_path / "data", tmp_path / "runs", tmp_path / "report.json"
     # Small images and a handful of parts keep the two trainings to seconds each.

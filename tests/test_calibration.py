@@ -155,7 +155,8 @@ def test_missing_calibration_file_means_uncalibrated(tmp_path):
     "content",
     [
         "{not json",
-        '{"temperature": 1.5}',
+        '{"temperature": 1.5, "multi_label_thresholds": "0.5"}',
+        '{"temperature": "warm"}',
         '{"temperature": -1, "ece_before": null, "ece_after": null, "rejection": null, "multi_label_thresholds": null}',
         '{"temperature": 1, "ece_before": 0, "ece_after": 0, "rejection": {"method": "x", "threshold": 1}, '
         '"multi_label_thresholds": null}',
@@ -166,3 +167,11 @@ def test_malformed_calibration_file_error_names_the_file(tmp_path, content):
     (tmp_path / "calibration.json").write_text(content)
     with pytest.raises(ValueError, match="calibration.json"):
         CalibrationRecord.load(tmp_path)
+
+
+def test_a_partial_calibration_file_means_neutral_values_for_the_rest(tmp_path):
+    # A hand-written stage-1 file often holds only its per-class thresholds.
+    (tmp_path / "calibration.json").write_text('{"multi_label_thresholds": [0.3, 0.7]}')
+    record = CalibrationRecord.load(tmp_path)
+    assert record.thresholds == [0.3, 0.7] and record.temperature == 1.0 and record.rejection is None
+    assert not record.calibrated

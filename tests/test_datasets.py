@@ -16,9 +16,9 @@ import pytest
 from PIL import Image, ImageFilter
 from sklearn.datasets import load_digits
 
-from train.datasets import main
 from datagen.digits import SPLITS, stratified_split, write_digits
 from datagen.parts import OTHER_SUBSETS, PART_KINDS, mask_path, write_parts
+from train.datasets import main
 
 N_PER_CLASS = 100  # 70 / 15 / 15 per class: enough for the learnability check to be stable
 PARTS_SIZE = 64

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.segmentation_scores import segmentation_metrics
+from datagen.steel import write_steel
 from pipelines.registry import PROJECT_MODELS_DIR, LazySegmenter
 from pipelines.segmentation import DefectSegmenter
 from train.segmentation import data as seg
-from common.segmentation_scores import segmentation_metrics
-from datagen.steel import write_steel
 
 SEGMENTER = PROJECT_MODELS_DIR / "steel-segformer"
 STAGE1 = PROJECT_MODELS_DIR / "steel-stage1"

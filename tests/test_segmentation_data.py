@@ -13,6 +13,7 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from common.rle import rle_encode
+from datagen.steel import steel_sample, write_steel
 from train.data import DataError
 from train.segmentation.data import (
     SegmentationData,
@@ -24,7 +25,6 @@ from train.segmentation.data import (
     load_mask_folders,
     split_by_image,
 )
-from datagen.steel import steel_sample, write_steel
 
 SMALL = {"height": 64, "width": 400}
 N_IMAGES = 40

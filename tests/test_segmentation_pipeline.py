@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from common.calibration import CalibrationRecord
 from common.checkpoints import ModelLoadError
 from common.image_io import ImageLoadError
 from common.rle import rle_decode
@@ -188,7 +186,7 @@ def test_stage1_removes_the_classes_it_rules_out(segformer_dir, stage1_dir):
 def test_stage1_uses_its_calibrated_thresholds(segformer_dir, tmp_path):
     stage1 = save_tiny_stage1(tmp_path / "stage1", STAGE1_ORDER, [5.0, 5.0, 5.0, 5.0])  # all at sigmoid(5) = 0.993
     thresholds = {"scratches": 0.5, "patches": 0.999, "pitting": 0.5, "crazing": 0.5}
-    CalibrationRecord(1.0, math.nan, math.nan, rejection=None, thresholds=list(thresholds.values())).save(stage1)
+    (stage1 / "calibration.json").write_text(json.dumps({"multi_label_thresholds": list(thresholds.values())}))
     segmenter = DefectSegmenter.from_pretrained(segformer_dir, stage1=stage1)
     _favour_class(segmenter, 4)  # patches everywhere, but stage 1 needs 0.999 to believe it
     segmentation = segmenter.segment(_random_image(40, 60))

@@ -247,3 +247,11 @@ def test_read_steel_gives_back_the_masks_the_training_loader_reads(tmp_path):
     for image in read_back:
         np.testing.assert_array_equal(image.mask, loaded[image.image_id])
     assert any(image.defective for image in read_back) and not all(image.defective for image in read_back)
+
+
+def test_command_line_sets_the_share_of_clean_strips(tmp_path):
+    argv = ["steel", "--n", "6", "--seed", "0", "--height", "64", "--width", "400"]
+    assert write_dataset([*argv, "--out", str(tmp_path / "clean"), "--clean-fraction", "1.0"]) == 0
+    assert write_dataset([*argv, "--out", str(tmp_path / "dirty"), "--clean-fraction", "0.0"]) == 0
+    assert not any(image.defective for image in read_steel(tmp_path / "clean"))
+    assert all(image.defective for image in read_steel(tmp_path / "dirty"))

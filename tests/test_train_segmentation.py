@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from common.segmentation_scores import IGNORE_INDEX, dice_per_pair, segmentation_metrics
+from datagen.steel import write_steel
 from pipelines.segmentation import DefectSegmenter
 from tests.conftest import save_tiny_stage1
 from train.segmentation import train as train_seg
-from train.segmentation.presence_labels import main as presence_main
-from common.segmentation_scores import IGNORE_INDEX, dice_per_pair, segmentation_metrics
 from train.segmentation.postprocessing import clear_ruled_out
-from datagen.steel import write_steel
+from train.segmentation.presence_labels import main as presence_main
 
 ID2LABEL = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
 

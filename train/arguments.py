@@ -22,9 +22,9 @@ from train.data import DataError
 logger = logging.getLogger("vispect.train")
 
 
-def parse_script_args(argument_classes: tuple, defaults: dict, argv: list[str] | None = None) -> tuple:
+def parse_script_args(argument_classes: tuple, defaults: dict, argv: list[str] | None = None, *, prog: str) -> tuple:
     """Flags (or one .json file) -> one instance of each of ``argument_classes``, in order."""
-    parser = HfArgumentParser(argument_classes)
+    parser = HfArgumentParser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) == 1 and argv[0].endswith(".json"):
         given = json.loads(Path(argv[0]).read_text())

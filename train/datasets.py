@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from datagen import GENERATORS
+from datagen.arguments import INFO_NAME
 
 # What --overwrite replaces: PNGs under these folders and the info file, as written by the
 # generators above. Stale images from an earlier run would otherwise stay in the data set
 # (a digit that moved from train to test with a new seed would sit in both). Anything else
 # in --out is the user's and is never touched.
 LAYOUT_FOLDERS: tuple[str, ...] = ("train", "validation", "test", "masks", "other")
-INFO_NAME = "dataset_info.json"
 
 # CLI option -> writer keyword, for the options that are passed only when given.
 _OPTIONAL_KEYWORDS = {
@@ -38,6 +38,7 @@ _OPTIONAL_KEYWORDS = {
     "--n": "n",
     "--height": "height",
     "--width": "width",
+    "--clean-fraction": "clean_fraction",
 }
 
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=_positive_int, help="number of images (steel: 200)")
     parser.add_argument("--height", type=_positive_int, help="image height (steel: 256)")
     parser.add_argument("--width", type=_positive_int, help="image width (steel: 1600)")
+    parser.add_argument("--clean-fraction", type=float, help="share of images without defects (steel: 0.45)")
     parser.add_argument(
         "--overwrite",
         action="store_true",

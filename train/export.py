@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.checkpoint_files import ALL_RESULTS_FILE, CONFIG_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE
+from common.checkpoint_files import ALL_RESULTS_FILE, CONFIG_FILE, MODEL_CARD_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE
 from train import report
 
 # Everything a served checkpoint needs or shows; anything else in a run directory is training state.
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as error:
         parser.exit(2, f"error: {error}\n")
     command = " ".join(["python -m train.export", *(sys.argv[1:] if argv is None else argv)])
-    note_export(Path(args.destination) / "README.md", command, args.dtype, result["bytes"])
+    note_export(Path(args.destination) / MODEL_CARD_FILE, command, args.dtype, result["bytes"])
     print(
         f"wrote {args.destination}: {result['cast']} of {result['tensors']} tensors in {args.dtype}, "
         f"weights {result['bytes'] / 2**20:.1f} MiB"

@@ -27,6 +27,7 @@ from sklearn.metrics import confusion_matrix
 
 # The same binning as the ECE, so the bars and the ECE in the title describe the same bins.
 from common.calibration import softmax
+from common.checkpoint_files import MODEL_CARD_FILE
 from train.classification.calibration import confidence_bins, expected_calibration_error
 
 _DPI = 100
@@ -266,7 +267,7 @@ def write_model_card(
         raise ValueError(f"task must be one of {sorted(_TASK_WORDS)}, got {task!r}")
     path = Path(path)
     if path.is_dir():
-        path = path / "README.md"
+        path = path / MODEL_CARD_FILE
     metadata = {
         "library_name": "transformers",
         "tags": [task, "vispect"],

@@ -11,6 +11,7 @@ from pipelines.classification.predict import (
     ModelInfo,
     Prediction,
 )
+from pipelines.classification.records import classify_files, write_predictions_csv
 
 __all__ = [
     "Classification",
@@ -18,4 +19,6 @@ __all__ = [
     "ImageSource",
     "ModelInfo",
     "Prediction",
+    "classify_files",
+    "write_predictions_csv",
 ]

@@ -108,15 +108,16 @@ class ImageClassifier:
         """Calibrated class probabilities (softmax of logits / T; sigmoid for multi-label)."""
         if self.multi_label:
             return logits.float().sigmoid()
-        return torch.from_numpy(self.trust.probabilities(logits.float().numpy())).float()
+        return torch.from_numpy(self.trust.probabilities(logits.detach().float().cpu().numpy())).float()
 
     def postprocess(self, logits: torch.Tensor, top_k: int = 5) -> list[Classification]:
         """Logits -> the ``top_k`` most likely classes of each image and its open-set verdict."""
         probabilities = self.probabilities(logits)
+        scores_for_rules = logits.detach().float().cpu().numpy()
         k = max(1, min(top_k, probabilities.shape[-1]))
         scores, indices = probabilities.topk(k, dim=-1)
-        unknown = self.trust.is_unknown(logits.float().numpy())
-        open_set = self.trust.open_set_score(logits.float().numpy())
+        unknown = self.trust.is_unknown(scores_for_rules)
+        open_set = self.trust.open_set_score(scores_for_rules)
         results = []
         for row, (row_scores, row_indices) in enumerate(zip(scores.tolist(), indices.tolist())):
             predictions = [Prediction(self.id2label.get(i, str(i)), s, i) for s, i in zip(row_scores, row_indices)]

@@ -7,7 +7,7 @@ size and cropped, so every mask has the size of the image that was read. Label 0
 background; every other label is a defect class named by the checkpoint's ``id2label``.
 
 An optional stage-1 multi-label classifier ("which defect types are present") removes the
-classes it rules out, and a folder of images becomes a Kaggle (Severstal) submission CSV.
+classes it rules out (``records`` turns a folder of images into a Kaggle submission CSV).
 
 >>> from pipelines.segmentation import DefectSegmenter
 >>> segmenter = DefectSegmenter.from_pretrained("models/steel-segformer", tile_width=512)  # doctest: +SKIP
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.checkpoint_files import MIN_AREA_KEY
+from common.checkpoint_files import INFERENCE_RESIZE_KEY, MIN_AREA_KEY
 from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
 from common.image_io import load_image
 from common.preprocessing import input_geometry
@@ -269,7 +269,7 @@ class DefectSegmenter:
             tile_height=tile_height,
             tile_overlap=tile_overlap,
             # A model trained on resized images says so in its config (train/segmentation/train.py).
-            resize_to=resize_to or getattr(model.config, "inference_resize", None),
+            resize_to=resize_to or getattr(model.config, INFERENCE_RESIZE_KEY, None),
         )
 
     @property
@@ -278,13 +278,9 @@ class DefectSegmenter:
 
     def _match_stage1(self, classifier: ImageClassifier) -> tuple[list[int], list[float]]:
         """For each defect class 1..C-1: the stage-1 output index with its label, and its threshold."""
-        if not classifier.multi_label:
-            raise ModelLoadError(
-                f"Stage-1 classifier '{classifier.source}' is single-label (softmax), so it cannot say that "
-                "several defect types are present. Train it with --problem_type multi_label."
-            )
         try:
             return stage1_columns(
+                classifier.model.config.problem_type,
                 [classifier.id2label[i] for i in sorted(classifier.id2label)],
                 self.defect_labels,
                 classifier.trust.thresholds,

@@ -19,6 +19,7 @@ from common.calibration import CalibrationRecord, OpenSetRule, softmax
 from common.checkpoint_files import (
     CONFUSION_MATRIX_PLOT,
     MISCLASSIFIED_PLOT,
+    MODEL_CARD_FILE,
     PER_CLASS_FILE,
     RELIABILITY_PLOT,
     SKIPPED_IMAGES_FILE,
@@ -207,7 +208,7 @@ def write_report(
     report.plot_training_curves(trainer.state.log_history, out / TRAINING_CURVES_PLOT)
     write_skipped(labeled.skipped, out / SKIPPED_IMAGES_FILE)
     report.write_model_card(
-        out / "README.md",
+        out / MODEL_CARD_FILE,
         title=f"{Path(out).name}: image classifier ({len(names)} classes)",
         base_model=str(hyperparameters.get("model_name_or_path")),
         dataset=str(dataset),

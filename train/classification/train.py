@@ -185,7 +185,7 @@ ARGUMENT_CLASSES = (ModelArguments, DataArguments, RecipeArguments, TrainingArgu
 
 def parse_args(argv: list[str] | None = None):
     """Flags (or one .json file) -> (model, data, recipe, training) argument dataclasses."""
-    return parse_script_args(ARGUMENT_CLASSES, SCRIPT_DEFAULTS, argv)
+    return parse_script_args(ARGUMENT_CLASSES, SCRIPT_DEFAULTS, argv, prog="python -m train.classification.train")
 
 
 def load_training_data(data_args: DataArguments, multi_label: bool, seed: int) -> data.LabeledImages:

@@ -51,7 +51,8 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from common.image_io import SUPPORTED_FORMATS
-from common.rle import TRAIN_CSV_HEADER, RLEError, rle_decode, rle_runs
+from common.rle import TRAIN_CSV_HEADER, TRAIN_CSV_NAME, TRAIN_IMAGES_DIR, RLEError, rle_decode, rle_runs
+from datagen.arguments import INFO_NAME
 from train.data import DataError, load_named_dataset
 from train.data import image_source as cell_source
 
@@ -64,9 +65,8 @@ HEIGHT = "height"
 WIDTH = "width"
 DEFECTS = "defects"
 BACKGROUND = "background"
-CSV_NAME = "train.csv"
-IMAGES_DIR = "train_images"
-INFO_NAME = "dataset_info.json"
+CSV_NAME = TRAIN_CSV_NAME
+IMAGES_DIR = TRAIN_IMAGES_DIR
 NEW_CSV_COLUMNS = TRAIN_CSV_HEADER
 OLD_CSV_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
 # More missing images than this share of the data set means a wrong folder, not a few lost files.

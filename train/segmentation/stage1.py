@@ -38,11 +38,10 @@ class Stage1:
         """
         self.model = load_pretrained(AutoModelForImageClassification, str(stage1_dir), dtype=torch.float32).eval()
         config = self.model.config
-        if config.problem_type != "multi_label_classification":
-            raise DataError(f"Stage 1 '{stage1_dir}' is not multi-label; train it with --problem_type multi_label.")
         labels = [config.id2label[i] for i in range(len(config.id2label))]
         try:
             self.columns, self.thresholds = stage1_columns(
+                config.problem_type,
                 labels,
                 defect_labels,
                 CalibrationRecord.load_or_uncalibrated(stage1_dir).thresholds,

@@ -8,7 +8,7 @@
 (``b0`` ... ``b2``) to start from random weights, which is what works offline. Training sees
 random crops (``--crop_size``) flipped jointly with their masks; validation scores whole
 images with Severstal's Dice. The output directory is a checkpoint that
-``pipelines/segmentation.py`` and the app's Segment tab load as it is.
+``pipelines.segmentation`` and the app's Segment tab load as it is.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from transformers import (
     set_seed,
 )
 
-from common.checkpoint_files import PREDICTIONS_PLOT, TRAINING_CURVES_PLOT
+from common.checkpoint_files import INFERENCE_RESIZE_KEY, MODEL_CARD_FILE, PREDICTIONS_PLOT, TRAINING_CURVES_PLOT
 from common.checkpoints import load_image_processor, load_pretrained
 from common.image_io import load_image
 from common.segmentation_rules import forget_min_areas
@@ -152,7 +152,12 @@ SCRIPT_DEFAULTS = {
 
 def parse_args(argv: list[str] | None = None):
     """Flags (or one .json file) -> (model, data, recipe, training) argument dataclasses."""
-    return parse_script_args((ModelArguments, DataArguments, RecipeArguments, TrainingArguments), SCRIPT_DEFAULTS, argv)
+    return parse_script_args(
+        (ModelArguments, DataArguments, RecipeArguments, TrainingArguments),
+        SCRIPT_DEFAULTS,
+        argv,
+        prog="python -m train.segmentation.train",
+    )
 
 
 def load_data(data_args: DataArguments, seed: int) -> seg.SegmentationData:
@@ -419,8 +424,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             print(f"skipped {len(data.skipped)} image(s): {data.skipped[:3]}", flush=True)
     model, processor = build_model(model_args.model_name_or_path, data.id2label)
     if data_args.resize:
-        # Recorded in the checkpoint's config: pipelines/segmentation.py resizes to it, then back.
-        model.config.inference_resize = list(data_args.resize)
+        # Recorded in the checkpoint's config: pipelines.segmentation resizes to it, then back.
+        setattr(model.config, INFERENCE_RESIZE_KEY, list(data_args.resize))
     train_fn, eval_fn = joint_transforms(processor, data_args.crop, data_args.resize, data_args.defect_crop_probability)
     data.splits["train"].set_transform(train_fn)
     data.splits["validation"].set_transform(eval_fn)
@@ -461,7 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         report.plot_training_curves(trainer.state.log_history, out / TRAINING_CURVES_PLOT)
         names = [data.id2label[i] for i in sorted(data.id2label)]
         report.write_model_card(
-            out / "README.md",
+            out / MODEL_CARD_FILE,
             title=f"{out.name}: defect segmenter ({len(names) - 1} defect classes)",
             base_model=model_args.model_name_or_path,
             dataset=str(data_args.data_dir or data_args.mask_dir or data_args.dataset_name),

@@ -5,7 +5,7 @@
 ``train.segmentation.train`` does this at the end of every run; this command does it for a
 checkpoint trained before, or on other validation data. Give the same ``--seed`` and
 ``--validation_fraction`` as the training run so that the images are the held-out ones.
-``pipelines/segmentation.py`` clears a class whose mask is smaller than its minimum.
+``pipelines.segmentation`` clears a class whose mask is smaller than its minimum.
 
 With ``--stage1 DIR`` a second set is fitted for the two-stage pipeline (``min_area_two_stage``):
 on the maps after the classes that stage 1 rules out are cleared. Stage 1 already removes

@@ -1,0 +1,1 @@
+"""Training a defect segmenter (SegFormer) and fitting its post-processing: ``python -m train.segmentation.train``."""
