@@ -28,8 +28,11 @@ MIN_AREA_TWO_STAGE_KEY = "min_area_two_stage"
 # A segmenter trained on resized images: the HxW the pipeline resizes to before inference.
 INFERENCE_RESIZE_KEY = "inference_resize"
 
-# Later runtimes and tasks: the ONNX export of the network and an anomaly model's memory bank.
+# The ONNX export of the network (served by ONNX Runtime when present; the safetensors weights
+# stay beside it for Grad-CAM) and the parity report that checked it against eager.
 ONNX_FILE = "model.onnx"
+EXPORT_REPORT_FILE = "export_report.json"
+# Later tasks: an anomaly model's memory bank.
 MEMORY_BANK_FILE = "memory_bank.safetensors"
 
 # The report training writes beside the weights.
