@@ -3,7 +3,8 @@
 Arguments, model sources and launch only; the tabs are built in ``ui/``. ``demo`` is built at
 import without loading any model or starting a server, so tests can import and launch it.
 
-    python app.py [--classifier DIR_OR_HUB_ID ...] [--segmenter DIR [--stage1 DIR]] [--share] [--port 7860]
+    python app.py [--classifier DIR_OR_HUB_ID ...] [--segmenter DIR [--stage1 DIR]] [--runtime auto|torch|onnx]
+                  [--share] [--port 7860]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import gradio as gr
 from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import MAX_FILE_BYTES
 from pipelines.registry import PROJECT_MODELS_DIR, ClassifierRegistry, LazySegmenter
+from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 from ui import TITLE, build_demo
 
 
@@ -30,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="DIR_OR_HUB_ID",
-        help="extra classifier checkpoint to offer (repeatable); checkpoints in --models-dir are found automatically",
+        help="extra classifier checkpoint to offer (repeatable; exported directories too); checkpoints in "
+        "--models-dir are found automatically",
     )
     parser.add_argument(
         "--models-dir",
@@ -39,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--segmenter", help="defect segmentation checkpoint (default: models/steel-segformer)")
     parser.add_argument("--stage1", help="with --segmenter: its stage-1 'which defects are present' classifier")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help=f"for every model, {RUNTIME_HELP}")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20, help="upload size limit in MB")
     parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait before new ones are refused")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
@@ -89,12 +93,14 @@ if __name__ == "__main__":
     try:
         for source in cli.classifier:
             resolve_checkpoint(source)  # a mistyped path fails now, not at the first request
-        registry = ClassifierRegistry.from_sources(cli.classifier, models_dir=cli.models_dir)
-        registry.get()  # load (and on first run, convert) the default model before serving
+        registry = ClassifierRegistry.from_sources(cli.classifier, models_dir=cli.models_dir, runtime=cli.runtime)
+        registry.get()  # load (and on first run, convert and export) the default model before serving
     except ModelLoadError as error:
         sys.exit(f"error: {error}")
     segmenter_source = (
-        LazySegmenter(cli.segmenter, cli.stage1) if cli.segmenter else LazySegmenter.from_models_dir(cli.models_dir)
+        LazySegmenter(cli.segmenter, cli.stage1, runtime=cli.runtime)
+        if cli.segmenter
+        else LazySegmenter.from_models_dir(cli.models_dir, runtime=cli.runtime)
     )
     demo = build_demo(registry, segmenter_source, max_file_bytes=int(cli.max_file_mb * 2**20))
     launch_app(demo, cli)

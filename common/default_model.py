@@ -9,12 +9,19 @@ so every later stage (pipelines, Grad-CAM, fine-tuning) treats it like any other
 The directory is built once into a cache outside the source tree and reused. It is written
 to a temporary sibling and renamed into place, so a crash half way can never leave a
 directory that looks complete.
+
+The build also exports the network to ONNX (``model.onnx``, float32) and checks it against the
+eager model on seeded inputs and scikit-image's bundled photos (``common.onnx_network.
+export_checked``), so the pipelines serve it with ONNX Runtime by default. When the export or
+the check fails, the reason is logged and kept in the build stamp, and the directory is built
+without ``model.onnx``: the model is then served by PyTorch, as before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,13 +29,15 @@ from pathlib import Path
 
 import torch
 
-from common.checkpoint_files import CONFIG_FILE, MODEL_CARD_FILE, WEIGHTS_FILE
+from common.checkpoint_files import CONFIG_FILE, EXPORT_REPORT_FILE, MODEL_CARD_FILE, ONNX_FILE, WEIGHTS_FILE
+
+logger = logging.getLogger("vispect.default_model")
 
 DEFAULT_MODEL = "default"
 ARCHITECTURE = "tf_efficientnet_lite0"
 CACHE_ENV = "VISPECT_CACHE"
 # Bump when the conversion changes, so stale caches are rebuilt instead of reused.
-CONVERSION_VERSION = 2  # 2: the model card
+CONVERSION_VERSION = 3  # 2: the model card; 3: model.onnx and its export report
 _STAMP = "vispect_conversion.json"
 
 # Preprocessing for these weights: Google's EfficientNet-Lite was trained on inputs scaled
@@ -71,7 +80,7 @@ _INVERTED_RESIDUAL = {
 # The card states the accuracy the weights' authors published; this project did not measure it
 # (ImageNet-1k validation is not on this machine). The figure is the FP32 row for
 # efficientnet-lite0 in tensorflow/tpu models/official/efficientnet/lite/README.md.
-MODEL_CARD = """---
+MODEL_CARD = f"""---
 license: apache-2.0
 library_name: transformers
 tags: [image-classification, timm, efficientnet-lite]
@@ -99,6 +108,15 @@ These are the authors' figures for the TensorFlow checkpoint, at 224 x 224.
 
 Bicubic resize of the short side to 256, a 224 x 224 centre crop, pixels scaled to [-1, 1]
 (mean = std = 0.5), as the weights were trained.
+
+## Runtime
+
+The cache build also exports the network to ONNX (`{ONNX_FILE}`, float32, dynamic batch) and
+checks it against PyTorch on seeded inputs and scikit-image's bundled photos: logits within
+1e-3 of eager's and the same top-1 class on every input (`{EXPORT_REPORT_FILE}` holds the
+figures). The pipelines serve it with ONNX Runtime (`--runtime auto`, the default); Grad-CAM
+runs on the same weights in PyTorch (`{WEIGHTS_FILE}`). When the export or the check fails, the
+build leaves `{ONNX_FILE}` out and the model is served by PyTorch.
 
 ## Limits
 
@@ -185,15 +203,49 @@ def _fingerprint(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _read_stamp(directory: Path) -> dict | None:
+    try:
+        stamp = json.loads((directory / _STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stamp if isinstance(stamp, dict) else None
+
+
 def _is_complete(directory: Path, fingerprint: str) -> bool:
-    stamp = directory / _STAMP
     if not all((directory / name).is_file() for name in (_STAMP, CONFIG_FILE, WEIGHTS_FILE, MODEL_CARD_FILE)):
         return False
-    try:
-        recorded = json.loads(stamp.read_text())
-    except (OSError, json.JSONDecodeError):
+    stamp = _read_stamp(directory)
+    if stamp is None or stamp.get("version") != CONVERSION_VERSION or stamp.get("source_sha256") != fingerprint:
         return False
-    return recorded == {"version": CONVERSION_VERSION, "source_sha256": fingerprint}
+    # Either the export was written with its report, or the stamp says why there is none.
+    exported = all((directory / name).is_file() for name in (ONNX_FILE, EXPORT_REPORT_FILE))
+    return exported or bool(stamp.get("onnx_error"))
+
+
+def onnx_fallback_reason(directory: str | os.PathLike) -> str | None:
+    """Why a default-model build holds no ``model.onnx`` (its export or parity check failed); else None."""
+    stamp = _read_stamp(Path(directory))
+    return None if stamp is None else stamp.get("onnx_error")
+
+
+def export_default_onnx(model: torch.nn.Module, directory: Path) -> None:
+    """Write ``model.onnx`` and ``export_report.json`` for the default classifier into ``directory``.
+
+    The check inputs are seeded noise and scikit-image's photos through the checkpoint's own
+    processor (``common`` cannot use ``pipelines.examples``; these are the same photos).
+
+    Raises:
+        common.onnx_network.OnnxExportError: the export or its parity check failed.
+    """
+    from transformers import TimmWrapperImageProcessor
+
+    from common.onnx_network import classifier_check_inputs, export_checked, write_export_report
+    from common.preprocessing import batch_preprocessor
+
+    processor = TimmWrapperImageProcessor(pretrained_cfg=dict(PRETRAINED_CFG))
+    inputs = classifier_check_inputs(batch_preprocessor(processor), tuple(PRETRAINED_CFG["input_size"][1:]))
+    report = export_checked(model, inputs, directory / ONNX_FILE)
+    write_export_report(directory, report)
 
 
 def default_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -203,8 +255,11 @@ def default_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
         cache_dir: where to keep it; defaults to :func:`cache_root`.
 
     Returns:
-        A directory that ``AutoModelForImageClassification.from_pretrained`` loads.
+        A directory that ``AutoModelForImageClassification.from_pretrained`` loads, with
+        ``model.onnx`` beside the weights unless its export failed (see :func:`onnx_fallback_reason`).
     """
+    from common.onnx_network import OnnxExportError
+
     root = Path(cache_dir) if cache_dir is not None else cache_root()
     target = root / f"{ARCHITECTURE}-in1k"
     fingerprint = _fingerprint(source_weights_path())
@@ -219,17 +274,32 @@ def default_checkpoint_dir(cache_dir: str | os.PathLike | None = None) -> Path:
             f"Set {CACHE_ENV} to a writable directory."
         ) from error
     try:
-        build_default_classifier().save_pretrained(staging, safe_serialization=True)
+        model = build_default_classifier()
+        model.save_pretrained(staging, safe_serialization=True)
         (staging / MODEL_CARD_FILE).write_text(MODEL_CARD)
-        (staging / _STAMP).write_text(json.dumps({"version": CONVERSION_VERSION, "source_sha256": fingerprint}))
-        if target.exists():  # stale or broken: replace it
-            shutil.rmtree(target, ignore_errors=True)
+        stamp = {"version": CONVERSION_VERSION, "source_sha256": fingerprint, "onnx_error": None}
         try:
-            os.replace(staging, target)
-        except OSError:
-            # Another process finished first; its copy is as good as ours.
-            if not _is_complete(target, fingerprint):
-                raise
+            export_default_onnx(model, staging)
+        except OnnxExportError as error:
+            # Served by PyTorch instead: slower, same answers. The stamp keeps the reason, so the
+            # export is not retried at every start (deleting the folder retries it).
+            logger.warning(
+                "The default classifier will be served by PyTorch: its ONNX export failed (%s). "
+                "Delete %s to try again.",
+                error,
+                target,
+            )
+            stamp["onnx_error"] = str(error)
+        (staging / _STAMP).write_text(json.dumps(stamp))
+        # Another process may have finished first (the export takes half a minute); its copy is
+        # as good as ours, and it may be serving from it, so it is kept.
+        if not _is_complete(target, fingerprint):
+            shutil.rmtree(target, ignore_errors=True)  # stale or broken: replace it
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if not _is_complete(target, fingerprint):
+                    raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -12,6 +12,7 @@ from common.checkpoint_files import CONFIG_FILE
 from common.checkpoints import ModelLoadError
 from common.default_model import DEFAULT_MODEL
 from pipelines.classification import ImageClassifier
+from pipelines.runtime import PROJECT_MODELS_DIR, check_runtime
 
 DEFAULT_LABEL = "default: EfficientNet-Lite0, ImageNet-1k (1000 classes)"
 
@@ -33,10 +34,6 @@ def is_classifier_checkpoint(directory: Path) -> bool:
     return any(name.endswith("ForImageClassification") for name in config.get("architectures") or [])
 
 
-# The embedded demo models live beside the code, whatever the working directory.
-PROJECT_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
-
-
 def discover_classifiers(models_dir: str | os.PathLike) -> list[Path]:
     """Checkpoint directories directly inside ``models_dir`` that hold classifiers."""
     root = Path(models_dir)
@@ -46,11 +43,16 @@ def discover_classifiers(models_dir: str | os.PathLike) -> list[Path]:
 
 
 class ClassifierRegistry:
-    """Named classifiers; each is loaded on first use and then shared (thread-safe)."""
+    """Named classifiers; each is loaded on first use and then shared (thread-safe).
 
-    def __init__(self, choices: list[ModelChoice]):
+    ``runtime`` (``"auto"``, ``"torch"`` or ``"onnx"``; see ``pipelines.runtime``) is what every
+    classifier is loaded with.
+    """
+
+    def __init__(self, choices: list[ModelChoice], runtime: str = "auto"):
         if not choices:
             raise ValueError("ClassifierRegistry needs at least one model choice")
+        self.runtime = check_runtime(runtime)
         self.choices = choices
         self._by_source = {choice.source: choice for choice in choices}
         self._loaded: dict[str, ImageClassifier] = {}
@@ -58,15 +60,15 @@ class ClassifierRegistry:
 
     @classmethod
     def from_sources(
-        cls, extra: list[str] = (), models_dir: str | os.PathLike | None = PROJECT_MODELS_DIR
+        cls, extra: list[str] = (), models_dir: str | os.PathLike | None = PROJECT_MODELS_DIR, runtime: str = "auto"
     ) -> ClassifierRegistry:
-        """The default model, then ``models_dir`` checkpoints, then ``extra`` (paths or hub ids)."""
+        """The default model, then ``models_dir`` checkpoints, then ``extra`` (paths, exported ones too, or hub ids)."""
         choices = [ModelChoice(DEFAULT_LABEL, DEFAULT_MODEL)]
         found = discover_classifiers(models_dir) if models_dir else []
         for source in [str(path) for path in found] + [str(item) for item in extra]:
             if source not in {choice.source for choice in choices}:
                 choices.append(ModelChoice(Path(source).name or source, source))
-        return cls(choices)
+        return cls(choices, runtime=runtime)
 
     @property
     def default(self) -> str:
@@ -84,26 +86,31 @@ class ClassifierRegistry:
             raise ModelLoadError(f"Unknown model '{source}'. Available: {known}.")
         with self._lock:  # one load per model even when requests arrive together
             if source not in self._loaded:
-                self._loaded[source] = ImageClassifier.from_pretrained(source)
+                self._loaded[source] = ImageClassifier.from_pretrained(source, runtime=self.runtime)
             return self._loaded[source]
 
 
 class LazySegmenter:
-    """The defect segmenter the app serves (with its stage-1 classifier), loaded on first use."""
+    """The defect segmenter the app serves (with its stage-1 classifier), loaded on first use with ``runtime``."""
 
-    def __init__(self, model_dir: str | os.PathLike | None, stage1_dir: str | os.PathLike | None = None):
+    def __init__(
+        self, model_dir: str | os.PathLike | None, stage1_dir: str | os.PathLike | None = None, runtime: str = "auto"
+    ):
         self.model_dir = None if model_dir is None else str(model_dir)
         self.stage1_dir = None if stage1_dir is None else str(stage1_dir)
+        self.runtime = check_runtime(runtime)
         self._segmenter = None
         self._lock = threading.Lock()
 
     @classmethod
-    def from_models_dir(cls, models_dir: str | os.PathLike = PROJECT_MODELS_DIR) -> LazySegmenter:
+    def from_models_dir(
+        cls, models_dir: str | os.PathLike = PROJECT_MODELS_DIR, runtime: str = "auto"
+    ) -> LazySegmenter:
         """The embedded demo pair, ``models/steel-segformer`` + ``models/steel-stage1``, when present."""
         root = Path(models_dir)
         model = root / "steel-segformer"
         stage1 = root / "steel-stage1"
-        return cls(model if model.is_dir() else None, stage1 if stage1.is_dir() else None)
+        return cls(model if model.is_dir() else None, stage1 if stage1.is_dir() else None, runtime=runtime)
 
     def get(self):
         """The loaded ``DefectSegmenter``.
@@ -122,7 +129,7 @@ class LazySegmenter:
             if self._segmenter is None:
                 # 512-px tiles keep memory bounded on long strips and were no slower than whole images.
                 self._segmenter = DefectSegmenter.from_pretrained(
-                    self.model_dir, stage1=self.stage1_dir, tile_width=512
+                    self.model_dir, stage1=self.stage1_dir, tile_width=512, runtime=self.runtime
                 )
             return self._segmenter
 

@@ -164,3 +164,42 @@ def save_tiny_stage1(directory, labels, biases):
     model.save_pretrained(directory)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(directory)
     return directory
+
+
+def export_onnx_copy(source, directory, dynamic_size=False):
+    """``source`` copied to ``directory`` with ``model.onnx`` beside its weights, as ``train.export`` writes it.
+
+    The graph is exported at the size the checkpoint's processor makes (a segmenter's at 64x128,
+    with dynamic height and width when ``dynamic_size``).
+    """
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSemanticSegmentation
+
+    from common.checkpoint_files import ONNX_FILE
+    from common.onnx_network import export_network
+    from common.preprocessing import input_geometry
+    from pipelines.classification import ImageClassifier
+
+    shutil.copytree(source, directory)
+    architectures = AutoConfig.from_pretrained(directory).architectures or []
+    if any(name.endswith("ForSemanticSegmentation") for name in architectures):
+        model = AutoModelForSemanticSegmentation.from_pretrained(directory).eval()
+        size = (64, 128)
+    else:
+        model = AutoModelForImageClassification.from_pretrained(directory).eval()
+        size = input_geometry(ImageClassifier.from_pretrained(directory, runtime="torch").processor).input_size
+    export_network(model, torch.randn(2, 3, *size), directory / ONNX_FILE, dynamic_size=dynamic_size)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_onnx_dir(tiny_vit_dir, tmp_path_factory):
+    """``tiny_vit_dir`` with an ONNX export (32x32, dynamic batch) beside its weights."""
+    return export_onnx_copy(tiny_vit_dir, tmp_path_factory.mktemp("exported") / "tiny-vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet_onnx_dir(tiny_resnet_dir, tmp_path_factory):
+    """``tiny_resnet_dir`` with an ONNX export (32x32, dynamic batch) beside its weights."""
+    return export_onnx_copy(tiny_resnet_dir, tmp_path_factory.mktemp("exported") / "tiny-resnet")

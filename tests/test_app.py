@@ -81,6 +81,35 @@ def test_model_endpoint_describes_the_default(client):
         and "| Classes | 1000 |" in text
         and "mean [0.5, 0.5, 0.5]" in text
     )
+    # Served by ONNX Runtime from the cache build, with the parity figures that checked it.
+    assert "| Runtime | ONNX Runtime (`model.onnx`, checked against PyTorch, see below)" in text
+    assert "**ONNX export check**" in text and "| top1_agreement | 1 |" in text and "| max_abs_logit_diff |" in text
+
+
+def test_model_tab_says_which_runtime_serves_each_classifier(tiny_vit_onnx_dir):
+    from pipelines.registry import ClassifierRegistry, LazySegmenter
+
+    texts = {}
+    for runtime in ("auto", "torch"):
+        registry = ClassifierRegistry.from_sources([str(tiny_vit_onnx_dir)], models_dir=None, runtime=runtime)
+        demo = build_demo(registry, LazySegmenter(None))
+        demo.launch(prevent_thread_lock=True, quiet=True)
+        try:
+            texts[runtime], _, _ = Client(demo.local_url, verbose=False).predict(
+                str(tiny_vit_onnx_dir), api_name="/describe_model"
+            )
+        finally:
+            demo.close()
+    # An export without a report (train.export writes one; this fixture does not) still says what serves it.
+    assert "| Runtime | ONNX Runtime (`model.onnx`, no export_report.json says how it was checked)" in texts["auto"]
+    assert "| Runtime | PyTorch (eager) |" in texts["torch"] and "ONNX export check" not in texts["torch"]
+
+
+def test_a_bad_runtime_flag_is_refused_by_name(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--runtime", "tensorrt"])
+    assert "--runtime" in capsys.readouterr().err
+    assert app.parse_args(["--runtime", "torch"]).runtime == "torch" and app.parse_args([]).runtime == "auto"
 
 
 def test_checkpoints_in_the_models_folder_are_offered(tmp_path, tiny_vit_dir):
@@ -152,6 +181,9 @@ def test_explain_endpoint_returns_panels_and_a_faithfulness_sentence(client, che
     assert picture.width > 2.5 * picture.height  # three panels side by side
     assert top["label"] in CAT_LABELS
     assert "Faithfulness" in text and "gradcam" in text
+    assert text.endswith("This model is served by ONNX Runtime, so the heatmap comes from its PyTorch weights "
+                         "(model.safetensors, kept beside model.onnx), which give the same answers: a class activation "
+                         "map needs the network's activations and gradients.")  # fmt: skip
 
 
 def test_explain_a_chosen_class_and_a_bad_layer(client, chelsea):
@@ -266,6 +298,8 @@ def test_describe_segmenter_endpoint_reads_the_demo_pair(client):
     assert "| pitting | 200 | 0 |" in text and "| patches | 12800 | 0 |" in text
     assert "applied now: `min_area_two_stage`" in text
     assert "| eval_mean_dice | 0.6987 |" in text  # eval_results.json beside the weights
+    assert "| Runtime | ONNX Runtime (`model.onnx`, checked against PyTorch" in text  # exported into the cache
+    assert "| pixel_agreement | 1 |" in text and "| defect_pixel_agreement | 1 |" in text
     assert card.startswith("# ") and "Held-out evaluation" in card and "library_name" not in card
     assert sorted(Path(item["image"]).name for item in plots) == ["predictions.png", "training_curves.png"]
     assert [item["caption"] for item in plots][0].startswith("Validation images")
@@ -273,6 +307,7 @@ def test_describe_segmenter_endpoint_reads_the_demo_pair(client):
     text, plots, card = client.predict("stage 1", api_name="/describe_segmenter")
     assert text.startswith("**Stage 1 of `") and "pitting 0.2" in text and "patches 0.1" in text
     assert "tf_efficientnet_lite0" in text and "| Classes | 4 |" in text and "**Trust**: multi-label" in text
+    assert "| Runtime | ONNX Runtime" in text and "| top1_agreement | 1 |" in text
     assert [Path(item["image"]).name for item in plots] == ["training_curves.png"]
     assert "library_name" not in card and "stage" in card.lower()
 
@@ -286,6 +321,7 @@ def test_explain_a_defect_class_that_stage1_ruled_out(client):
     assert re.search(r"paints \*\*pitting\*\*: \d{3,} pixels with mean probability", text)  # thousands, in fact
     assert "none of it in the outline shown" in text
     assert "(probability" not in text and "Faithfulness" in text
+    assert "served by ONNX Runtime, so the heatmap comes from its PyTorch weights" in text
     _, text = client.predict(strip, "crazing", "gradcam", api_name="/explain_defect")  # outlined: as before
     assert text.startswith("**gradcam** on layer") and "**crazing** (probability" in text
     with pytest.raises(Exception, match="'patches'.*not found in this image"):  # not even painted

@@ -49,6 +49,7 @@ def page():
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(120_000)  # a shared 2-core machine can be slow to render
             page.goto(app.demo.local_url, wait_until="networkidle")
             yield page
             browser.close()
@@ -61,9 +62,20 @@ def _upload(page, path, into: str = ""):
     page.locator(f"#{into} input[type=file]" if into else "input[type=file]").first.set_input_files(str(path))
 
 
+def _fresh(page):
+    """Reload the page, so no state is left from the test before.
+
+    Waits for the document, not for "networkidle": Gradio keeps connections open while the
+    server works, and on a busy machine the network may not fall idle for a long time. The
+    elements the tests use are waited for where they are used.
+    """
+    page.reload(wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Classify", exact=True).wait_for(timeout=120_000)
+
+
 def _open_tab(page, name):
     """A fresh page (no state from the test before) showing the tab called ``name``."""
-    page.reload(wait_until="networkidle")
+    _fresh(page)
     page.get_by_role("tab", name=name, exact=True).click()
 
 
@@ -105,7 +117,7 @@ def test_upload_a_photo_and_read_the_label(page):
 def test_upload_a_non_image_and_see_the_error(page, tmp_path):
     notes = tmp_path / "notes.png"
     notes.write_text("these are meeting notes, not a picture")
-    page.reload(wait_until="networkidle")
+    _fresh(page)
     _upload(page, notes)
     page.get_by_role("button", name="Classify", exact=True).click()
     error = page.get_by_text("not a recognised image format")
@@ -125,13 +137,14 @@ def test_explain_a_photo_and_read_the_faithfulness_sentence(page):
         f"for {label} (probability" in text for label in CAT_LABELS
     )
     assert "heatmap" in text.split("Faithfulness", 1)[1]  # the deletion test's sentence, not only its score
+    assert "served by ONNX Runtime, so the heatmap comes from its PyTorch weights" in text  # the default model
     assert page.get_by_test_id("label-output-value").filter(visible=True).text_content().strip() in CAT_LABELS
     _screenshot(page, "explain")
 
 
 def test_explain_this_image_sends_the_photo_to_the_explain_tab(page):
     coffee = next(path for path in example_photos() if path.name == "coffee.png")
-    page.reload(wait_until="networkidle")
+    _fresh(page)
     _upload(page, coffee)
     page.get_by_role("button", name="Explain this image").click()
     page.get_by_role("tab", name="Explain", selected=True).wait_for(timeout=30_000)
@@ -167,7 +180,9 @@ def test_segment_an_example_strip_and_ask_why_a_class_is_missing(page):
 
 def test_model_tab_describes_a_classifier_and_the_segmenter_pair(page):
     _open_tab(page, "Model")
-    assert "tf_efficientnet_lite0" in _text_when(page, "#classifier-details", "Trust")  # the default, on load
+    details = _text_when(page, "#classifier-details", "Trust")  # the default, on load
+    assert "tf_efficientnet_lite0" in details
+    assert "ONNX Runtime" in details and "ONNX export check" in details and "top1_agreement" in details
     page.locator("#model-model input").click()
     page.get_by_role("option", name="steel-stage1").click()
     details = _text_when(page, "#classifier-details", "multi-label")
@@ -178,6 +193,7 @@ def test_model_tab_describes_a_classifier_and_the_segmenter_pair(page):
     page.get_by_role("tab", name="Defect segmenter").click()
     details = _text_when(page, "#segmenter-details", "SegformerForSemanticSegmentation")
     assert "min_area_two_stage" in details and "eval_mean_dice" in details
+    assert "ONNX Runtime" in details and "pixel_agreement" in details
     assert "Held-out evaluation" in _open_card(page, "#segmenter-details-card", "Held-out evaluation")
     _screenshot(page, "model")
     page.get_by_text("its stage 1: steel-stage1").click()

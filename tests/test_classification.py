@@ -17,19 +17,33 @@ from pipelines.classification.cli import main
 from tests.conftest import TINY_LABELS
 
 
-def _favour_class(classifier: ImageClassifier, index: int) -> None:
+def _favour_class(model, index: int) -> None:
     """Make the head answer ``index`` whatever the image: a behaviour we can assert on."""
-    head = [module for module in classifier.model.modules() if isinstance(module, torch.nn.Linear)][-1]
+    head = [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
         head.bias[index] = 5.0
 
 
+def _favouring_checkpoint(source, directory, index: int, runtime: str):
+    """``source`` saved again with its head favouring ``index``, exported to ONNX for that runtime."""
+    from tests.conftest import export_onnx_copy
+
+    classifier = ImageClassifier.from_pretrained(source, runtime="torch")
+    _favour_class(classifier.model, index)
+    saved = directory / "favoured"
+    classifier.model.save_pretrained(saved)
+    classifier.processor.save_pretrained(saved)
+    return export_onnx_copy(saved, directory / "exported") if runtime == "onnx" else saved
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
 @pytest.mark.parametrize("fixture", ["tiny_vit_dir", "tiny_resnet_dir"])
-def test_labels_come_from_the_checkpoint(fixture, request, photo_file):
-    classifier = ImageClassifier.from_pretrained(request.getfixturevalue(fixture))
-    _favour_class(classifier, 2)
+def test_labels_come_from_the_checkpoint(fixture, runtime, request, photo_file, tmp_path):
+    checkpoint = _favouring_checkpoint(request.getfixturevalue(fixture), tmp_path, 2, runtime)
+    classifier = ImageClassifier.from_pretrained(checkpoint, runtime=runtime)
+    assert classifier.runtime == runtime
     result = classifier.classify(photo_file, top_k=3)
     predictions = result.predictions
     assert not result.unknown and result.open_set_score is None  # no calibration.json: no rejection rule
@@ -46,8 +60,10 @@ def test_top_k_is_clamped_to_the_number_of_classes(tiny_vit_dir, photo_file):
     assert len(classifier.classify(photo_file, top_k=0).predictions) == 1
 
 
-def test_batch_gives_the_same_answer_as_one_by_one(tiny_resnet_dir, tmp_path):
-    classifier = ImageClassifier.from_pretrained(tiny_resnet_dir)
+@pytest.mark.parametrize("fixture", ["tiny_resnet_dir", "tiny_resnet_onnx_dir"], ids=["torch", "onnx"])
+def test_batch_gives_the_same_answer_as_one_by_one(fixture, request):
+    classifier = ImageClassifier.from_pretrained(request.getfixturevalue(fixture))
+    assert classifier.runtime == ("onnx" if "onnx" in fixture else "torch")  # auto: ONNX when exported
     rng = np.random.default_rng(1)
     images = [Image.fromarray(rng.integers(0, 255, (40 + 7 * i, 50, 3), dtype=np.uint8)) for i in range(3)]
     batch = classifier.classify_batch(images, top_k=3)
@@ -105,14 +121,16 @@ def test_uncached_hub_id_offline_fails_with_a_fix():
         ImageClassifier.from_pretrained("someone/no-such-model-xyz")
 
 
-def test_cli_writes_csv_and_reports_unreadable_files(tiny_vit_dir, tmp_path, capsys):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_cli_writes_csv_and_reports_unreadable_files(runtime, tiny_vit_onnx_dir, tmp_path, capsys):
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     Image.new("RGB", (40, 30), "red").save(folder / "a.png")
     Image.new("L", (30, 40), 128).save(folder / "sub" / "b.jpg")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     out = tmp_path / "predictions.csv"
-    assert main([str(folder), "--model", str(tiny_vit_dir), "--top-k", "2", "--csv", str(out)]) == 0
+    options = ["--runtime", runtime, "--top-k", "2", "--csv", str(out)]
+    assert main([str(folder), "--model", str(tiny_vit_onnx_dir), *options]) == 0
     rows = list(csv.DictReader(out.open()))
     assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "broken.jpg", "b.jpg"]
     good = [r for r in rows if not r["error"]]
@@ -122,6 +140,14 @@ def test_cli_writes_csv_and_reports_unreadable_files(tiny_vit_dir, tmp_path, cap
     assert "broken.jpg" in broken["error"] and broken["label_1"] == ""
     err = capsys.readouterr().err
     assert "broken.jpg" in err and "classified 2 image(s), skipped 1" in err
+
+
+def test_cli_refuses_onnx_for_a_checkpoint_without_an_export(tiny_vit_dir, photo_file, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(photo_file), "--model", str(tiny_vit_dir), "--runtime", "onnx"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "has no model.onnx" in err and f"python -m train.export {tiny_vit_dir} OUT --format onnx" in err
 
 
 def test_cli_refuses_missing_paths(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from common.default_model import cache_root
 from common.segmentation_scores import segmentation_metrics
 from datagen.steel import write_steel
 from pipelines.registry import PROJECT_MODELS_DIR, LazySegmenter
@@ -45,11 +47,33 @@ def test_demo_models_fit_the_size_budget():
     assert total <= MAX_TOTAL_BYTES
 
 
+@functools.cache
+def _demo_pair(runtime: str) -> DefectSegmenter:
+    """The two-stage demo pair as the app serves it, by ``runtime``; loaded once per test session."""
+    return DefectSegmenter.from_pretrained(SEGMENTER, stage1=STAGE1, tile_width=512, runtime=runtime)
+
+
 def test_app_serves_the_demo_pair_by_default():
     source = LazySegmenter.from_models_dir()
     assert Path(source.model_dir) == SEGMENTER and Path(source.stage1_dir) == STAGE1
     assert set(source.labels().values()) == {"background", "pitting", "crazing", "scratches", "patches"}
-    assert source.get().min_area_key == "min_area_two_stage"  # the minimums fitted together with stage 1
+    served = source.get()
+    assert served.min_area_key == "min_area_two_stage"  # the minimums fitted together with stage 1
+    assert served.runtime == "onnx" and served.stage1.runtime == "onnx"  # exported once into the cache
+
+
+def test_the_demo_pair_is_exported_into_the_cache_and_checked_never_into_models():
+    segmenter = _demo_pair("onnx")
+    for served, checkpoint in ((segmenter, SEGMENTER), (segmenter.stage1, STAGE1)):
+        folder = served.network.path.parent
+        assert folder.parent == cache_root() / "onnx" and folder.name.startswith(f"{checkpoint.name}-")
+    # models/ is in git and stays as committed: nothing is exported into it.
+    assert not [*PROJECT_MODELS_DIR.rglob("*.onnx"), *PROJECT_MODELS_DIR.rglob("export_report.json")]
+    report = segmenter.export_report
+    assert report["pixel_agreement"] >= 0.999 and report["defect_pixel_agreement"] == 1.0
+    assert report["dynamic_axes"] == "batch, height, width" and segmenter.network.input_shape == (None, 3, None, None)
+    stage1 = segmenter.stage1.export_report
+    assert stage1["max_abs_logit_diff"] <= 1e-3 and stage1["top1_agreement"] == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +86,24 @@ def fresh_steel(tmp_path_factory):
     return images, truth
 
 
-def test_two_stage_demo_pair_reaches_the_dice_floor_on_fresh_images(fresh_steel):
-    images, truth = fresh_steel
-    segmenter = DefectSegmenter.from_pretrained(SEGMENTER, stage1=STAGE1, tile_width=512)
-    predicted = np.stack([segmenter.segment(path).label_map for path in images])
+@pytest.fixture(scope="module")
+def fresh_predictions(fresh_steel):
+    """Label maps of the fresh images by runtime, computed on first use."""
+    images, _ = fresh_steel
+
+    @functools.cache
+    def predict(runtime):
+        return np.stack([_demo_pair(runtime).segment(path).label_map for path in images])
+
+    return predict
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_two_stage_demo_pair_reaches_the_dice_floor_on_fresh_images(fresh_steel, fresh_predictions, runtime):
+    _, truth = fresh_steel
+    segmenter = _demo_pair(runtime)
+    assert segmenter.runtime == runtime
+    predicted = fresh_predictions(runtime)
     scores = segmentation_metrics(predicted, truth, segmenter.id2label)
     empty = segmentation_metrics(np.zeros_like(truth), truth, segmenter.id2label)
     report = json.dumps({k: round(v, 3) for k, v in scores.items()})
@@ -73,3 +111,9 @@ def test_two_stage_demo_pair_reaches_the_dice_floor_on_fresh_images(fresh_steel)
     assert scores["mean_dice"] > empty["mean_dice"] + 0.03, report  # clearly better than answering "no defects"
     assert scores["mean_dice_defective_images"] >= MIN_DEFECTIVE_IMAGE_DICE, report
     assert scores["mean_dice_present_defects"] >= MIN_PRESENT_DEFECT_DICE, report
+
+
+def test_both_runtimes_outline_the_fresh_images_alike(fresh_predictions):
+    eager, exported = fresh_predictions("torch"), fresh_predictions("onnx")
+    assert np.mean(eager == exported) >= 0.999
+    assert np.mean(exported[eager > 0] == eager[eager > 0]) >= 0.999  # the defects, not just the background

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from PIL import Image
 
 from common.checkpoints import ModelLoadError
 from common.image_io import ImageLoadError
+from common.onnx_network import OnnxNetwork
 from common.rle import rle_decode
+from pipelines.runtime import ServedNetwork
 from pipelines.segmentation import (
     CLASS_COLOURS,
     DefectSegmenter,
@@ -23,7 +26,7 @@ from pipelines.segmentation import (
     write_submission,
 )
 from pipelines.segmentation.cli import main
-from tests.conftest import save_tiny_stage1
+from tests.conftest import export_onnx_copy, save_tiny_stage1
 
 DEFECTS = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
 # Stage 1 lists the same defects in another order: they are matched by name, not position.
@@ -51,6 +54,22 @@ def segformer_dir(tmp_path_factory):
 def stage1_dir(tmp_path_factory):
     """Stage 1 says scratches are absent (sigmoid(-20) ~ 0) and every other defect present."""
     return save_tiny_stage1(tmp_path_factory.mktemp("stage1"), STAGE1_ORDER, [-20.0, 5.0, 5.0, 5.0])
+
+
+@pytest.fixture(scope="module")
+def segformer_onnx_dir(segformer_dir, tmp_path_factory):
+    """``segformer_dir`` with an ONNX export of dynamic height and width, as train.export writes a segmenter."""
+    return export_onnx_copy(segformer_dir, tmp_path_factory.mktemp("exported") / "segformer", dynamic_size=True)
+
+
+@pytest.fixture(scope="module")
+def stage1_onnx_dir(stage1_dir, tmp_path_factory):
+    return export_onnx_copy(stage1_dir, tmp_path_factory.mktemp("exported") / "stage1")
+
+
+def _served_dir(request, runtime: str, name: str = "segformer"):
+    """The tiny checkpoint ``name`` for ``runtime``: its ONNX export for "onnx" (made on first use)."""
+    return request.getfixturevalue(f"{name}_onnx_dir" if runtime == "onnx" else f"{name}_dir")
 
 
 def _random_image(height, width, seed=0):
@@ -91,9 +110,11 @@ def _assert_consistent(segmentation, size):
     assert segmentation.defective == bool((label_map > 0).any())
 
 
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
 @pytest.mark.parametrize("size", [(70, 333), (31, 45), (256, 96)])
-def test_masks_have_the_image_size_and_agree_with_the_label_map(segformer_dir, size):
-    segmenter = DefectSegmenter.from_pretrained(segformer_dir)
+def test_masks_have_the_image_size_and_agree_with_the_label_map(request, runtime, size):
+    segmenter = DefectSegmenter.from_pretrained(_served_dir(request, runtime), runtime=runtime)
+    assert segmenter.runtime == runtime
     segmentation = segmenter.segment(_random_image(*size), return_probabilities=True)
     _assert_consistent(segmentation, size)
     assert segmentation.defective  # a random model paints several classes somewhere
@@ -107,10 +128,11 @@ def test_masks_have_the_image_size_and_agree_with_the_label_map(segformer_dir, s
     assert segmenter.segment(_random_image(*size)).probabilities is None  # kept small unless asked
 
 
-def test_wide_image_tiled_or_whole_gives_the_same_answer(segformer_dir):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_wide_image_tiled_or_whole_gives_the_same_answer(request, runtime):
     image = _smooth_image(64, 900)
-    whole = DefectSegmenter.from_pretrained(segformer_dir)
-    tiled = DefectSegmenter.from_pretrained(segformer_dir, tile_width=256)
+    whole = DefectSegmenter.from_pretrained(_served_dir(request, runtime), runtime=runtime)
+    tiled = DefectSegmenter.from_pretrained(_served_dir(request, runtime), tile_width=256, runtime=runtime)
     tiles, grid = tiled.preprocess(image)
     assert tiles.shape == (5, 3, 64, 256)  # 900 -> padded 928: tiles at 0, 192, 384, 576, 672
     assert grid.origins == ((0, 0), (0, 192), (0, 384), (0, 576), (0, 672))
@@ -118,6 +140,49 @@ def test_wide_image_tiled_or_whole_gives_the_same_answer(segformer_dir):
     expected, actual = whole.segment(image), tiled.segment(image)
     _assert_consistent(actual, (64, 900))
     assert np.mean(expected.label_map == actual.label_map) > 0.9
+
+
+def test_onnx_tiles_give_the_label_maps_and_confidences_of_pytorch(segformer_onnx_dir):
+    image = _smooth_image(64, 900)
+    answers = {
+        runtime: DefectSegmenter.from_pretrained(segformer_onnx_dir, tile_width=256, runtime=runtime).segment(
+            image, return_probabilities=True
+        )
+        for runtime in ("torch", "onnx")
+    }
+    eager, exported = answers["torch"], answers["onnx"]
+    assert np.mean(eager.label_map == exported.label_map) >= 0.999
+    np.testing.assert_allclose(exported.probabilities, eager.probabilities, atol=2e-3)  # float16 rounding
+    assert [r.confidence for r in exported.regions] == pytest.approx([r.confidence for r in eager.regions], abs=1e-3)
+
+
+class _FixedSizeGraph(OnnxNetwork):
+    """Stands in for an ONNX graph exported at one tile size: refuses other shapes, answers like eager."""
+
+    def __init__(self, model, size):
+        self.model, self.input_shape, self.path = model, (None, 3, *size), Path("fixed-size.onnx")
+
+    def __call__(self, pixel_values):
+        assert self.accepts(pixel_values.shape), pixel_values.shape
+        with torch.inference_mode():
+            return self.model(pixel_values=pixel_values).logits
+
+
+def test_a_fixed_size_graph_needs_tiles_of_its_size(segformer_dir):
+    eager = DefectSegmenter.from_pretrained(segformer_dir, runtime="torch")
+    graph = ServedNetwork("onnx", _FixedSizeGraph(eager.model, (64, 128)))
+
+    def served(**options):
+        return DefectSegmenter(eager.model, eager.processor, "fixed", served=graph, **options)
+
+    with pytest.raises(ModelLoadError, match=r"takes only N x 3 x 64 x 128 inputs, but tile_width=256.*tile_width=128"):
+        served(tile_width=256)
+    tiled = served(tile_width=128)
+    image = _smooth_image(64, 900)  # 64 high: every 128-wide tile is the graph's size
+    expected = DefectSegmenter(eager.model, eager.processor, "eager", tile_width=128).segment(image)
+    np.testing.assert_array_equal(tiled.segment(image).label_map, expected.label_map)
+    with pytest.raises(ValueError, match=r"takes N x 3 x 64 x 128 inputs only, but this image gives 96x128 tiles"):
+        tiled.segment(_smooth_image(70, 900))  # padded to 96 high
 
 
 def test_tiles_blend_back_into_one_seamless_map():
@@ -165,10 +230,14 @@ def test_resize_to_runs_resized_but_answers_at_the_original_size(segformer_dir):
     _assert_consistent(segmenter.segment(_random_image(70, 333)), (70, 333))
 
 
-def test_stage1_removes_the_classes_it_rules_out(segformer_dir, stage1_dir):
-    plain = DefectSegmenter.from_pretrained(segformer_dir).segment(_random_image(70, 333))
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_stage1_removes_the_classes_it_rules_out(request, runtime):
+    segformer = _served_dir(request, runtime)
+    plain = DefectSegmenter.from_pretrained(segformer, runtime=runtime).segment(_random_image(70, 333))
     assert plain.region("scratches").area_fraction > 0  # the random model does paint scratches
-    two_stage = DefectSegmenter.from_pretrained(segformer_dir, stage1=stage1_dir)
+    stage1 = _served_dir(request, runtime, "stage1")
+    two_stage = DefectSegmenter.from_pretrained(segformer, stage1=stage1, runtime=runtime)
+    assert two_stage.runtime == two_stage.stage1.runtime == runtime
     segmentation = two_stage.segment(_random_image(70, 333))
     _assert_consistent(segmentation, (70, 333))
     assert segmentation.stage1["scratches"] < 1e-6 and segmentation.stage1["pitting"] > 0.99
@@ -298,15 +367,17 @@ def test_label_map_png_holds_class_ids_with_the_class_colours(segformer_dir, tmp
     assert [tuple(palette[3 * i : 3 * i + 3]) for i in range(5)] == [CLASS_COLOURS[i] for i in range(5)]
 
 
-def test_cli_writes_a_kaggle_submission_and_reports_unreadable_files(segformer_dir, tmp_path, capsys):
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_cli_writes_a_kaggle_submission_and_reports_unreadable_files(request, runtime, tmp_path, capsys):
+    segformer_dir = _served_dir(request, runtime)
     folder = tmp_path / "test_images"
     folder.mkdir()
     for seed, name in enumerate(["0002cc93b.jpg", "00031f466.png"]):
         _random_image(64, 200, seed).save(folder / name)
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
     out = tmp_path / "submission.csv"
-    code = main([str(folder), "--model", str(segformer_dir), "--csv", str(out), "--tile-width", "128", "--no-progress"])
-    assert code == 0
+    options = ["--csv", str(out), "--tile-width", "128", "--no-progress", "--runtime", runtime]
+    assert main([str(folder), "--model", str(segformer_dir), *options]) == 0
     assert "broken.jpg" in capsys.readouterr().err
     with open(out, newline="") as file:
         rows = list(csv.reader(file))
@@ -314,7 +385,7 @@ def test_cli_writes_a_kaggle_submission_and_reports_unreadable_files(segformer_d
     assert [(r[0], r[2]) for r in rows[1:]] == [
         (i, str(c)) for i in ["0002cc93b.jpg", "00031f466.png"] for c in range(1, 5)
     ]
-    segmenter = DefectSegmenter.from_pretrained(segformer_dir, tile_width=128)
+    segmenter = DefectSegmenter.from_pretrained(segformer_dir, tile_width=128, runtime=runtime)
     expected = submission_rows("0002cc93b.jpg", segmenter.segment(folder / "0002cc93b.jpg"))
     assert [(i, rle, int(c)) for i, rle, c in rows[1:5]] == expected
     assert any(rle for _, rle, _ in rows[1:])  # the random model finds "defects"

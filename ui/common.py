@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from common.checkpoint_files import ONNX_FILE, WEIGHTS_FILE
 from common.checkpoints import ModelLoadError
 from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from pipelines.explanation import ExplanationError
@@ -95,13 +96,23 @@ def scores_for_label(predictions) -> dict[str, float]:
     return scores
 
 
-def explanation_markdown(explanation, headline: str | None = None) -> str:
+# Said under an explanation of a model that ONNX Runtime serves: Grad-CAM cannot run on the graph.
+EAGER_EXPLANATION_NOTE = (
+    f"This model is served by ONNX Runtime, so the heatmap comes from its PyTorch weights ({WEIGHTS_FILE}, kept "
+    f"beside {ONNX_FILE}), which give the same answers: a class activation map needs the network's activations "
+    "and gradients."
+)
+
+
+def explanation_markdown(explanation, headline: str | None = None, runtime: str = "torch") -> str:
     """What the heatmap shows and how far it can be trusted.
 
     Args:
         explanation: A ``pipelines.explanation.Explanation``.
         headline: The first sentence, saying what the map is of; by default the method, the layer,
             the target class and its probability.
+        runtime: What serves the explained model (``"onnx"`` or ``"torch"``); for ONNX a sentence
+            says that the explanation comes from the eager weights.
     """
     text = headline or (
         f"**{explanation.method}** on layer `{explanation.layer_name}` for **{explanation.target_label}** "
@@ -111,4 +122,6 @@ def explanation_markdown(explanation, headline: str | None = None) -> str:
         text += " With pixel detail: the heatmap times guided-backpropagation gradients."
     if explanation.faithfulness is not None:
         text += f"\n\n**Faithfulness {explanation.faithfulness.score:+.2f}**: {explanation.faithfulness.sentence}"
+    if runtime == "onnx":
+        text += f"\n\n{EAGER_EXPLANATION_NOTE}"
     return text

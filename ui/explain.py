@@ -58,7 +58,8 @@ def build(context: TabContext) -> ExplainTab:
             guided=bool(guided),
         )
         result = classifier.classify(picture, top_k=5)
-        return explanation.panels, scores_for_label(result.predictions), explanation_markdown(explanation)
+        text = explanation_markdown(explanation, runtime=classifier.runtime)
+        return explanation.panels, scores_for_label(result.predictions), text
 
     @user_facing
     def target_choices(model: str):

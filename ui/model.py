@@ -9,10 +9,12 @@ import gradio as gr
 from common.calibration import CalibrationRecord
 from common.checkpoint_files import (
     CONFUSION_MATRIX_PLOT,
+    EXPORT_REPORT_FILE,
     MIN_AREA_KEY,
     MIN_AREA_TWO_STAGE_KEY,
     MISCLASSIFIED_PLOT,
     MODEL_CARD_FILE,
+    ONNX_FILE,
     PREDICTIONS_PLOT,
     RELIABILITY_PLOT,
     TRAINING_CURVES_PLOT,
@@ -65,6 +67,72 @@ def metrics_markdown(metrics: dict[str, float], has_card: bool) -> str:
     return "No evaluation metrics were saved with this checkpoint."
 
 
+def runtime_text(runtime: str, report: dict | None) -> str:
+    """What runs the model's forward pass, for the details table."""
+    if runtime != "onnx":
+        return "PyTorch (eager)"
+    checked = "checked against PyTorch, see below" if report else f"no {EXPORT_REPORT_FILE} says how it was checked"
+    return f"ONNX Runtime (`{ONNX_FILE}`, {checked}); Grad-CAM uses the PyTorch weights"
+
+
+def _report_value(value) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return "none"
+    if isinstance(value, list | tuple):
+        return ", ".join(_report_value(item) for item in value)
+    return str(value)
+
+
+def _report_rows(report: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """The report as (figure, value) rows; nested sections become ``section.figure``."""
+    rows = []
+    for key, value in report.items():
+        if isinstance(value, dict):
+            rows += _report_rows(value, f"{prefix}{key}.")
+        else:
+            rows.append((f"{prefix}{key}", _report_value(value)))
+    return rows
+
+
+# The figures that say whether the export answers like PyTorch and how much faster it is, shown
+# first; the report may carry others (its keys depend on who exported the graph).
+KEY_EXPORT_FIGURES = (
+    "max_abs_logit_diff",
+    "top1_agreement",
+    "pixel_agreement",
+    "defect_pixel_agreement",
+    "latency_ms_eager",
+    "latency_ms_onnx",
+    "speedup",
+    "precision",
+    "quantization",
+)
+
+
+def export_report_markdown(report: dict | None) -> str:
+    """The parity report saved with an ONNX export as a small table; "" when there is none.
+
+    The key figures that the report has make the table; anything else it holds follows on one line.
+    """
+    if not report:
+        return ""
+    rows = _report_rows(report)
+    key = [row for name in KEY_EXPORT_FIGURES for row in rows if row[0] == name] or rows
+    rest = [row for row in rows if row not in key]
+    text = (
+        f"**ONNX export check** (`{EXPORT_REPORT_FILE}`: the exported graph against PyTorch on the same inputs; "
+        "latencies as measured when it was exported)"
+        f"\n\n{markdown_table(key, ('figure', 'value'))}"
+    )
+    if rest:
+        text += "\n\nAlso in the report: " + "; ".join(f"{name} {value}" for name, value in rest) + "."
+    return text
+
+
 def trust_markdown(trust: CalibrationRecord) -> str:
     """Calibration and rejection settings in words."""
     if trust.thresholds is not None:
@@ -97,8 +165,10 @@ def model_markdown(info: ModelInfo, has_card: bool = False) -> str:
         ("Input size", "x".join(map(str, info.input_size)) if info.input_size else "any"),
         ("Normalisation", f"mean {list(info.mean)}, std {list(info.std)}" if info.mean else "none"),
         ("Resize interpolation", info.interpolation or "-"),
+        ("Runtime", runtime_text(info.runtime, info.export_report)),
     ]
-    return "\n\n".join([markdown_table(rows), metrics_markdown(info.metrics, has_card), trust_markdown(info.trust)])
+    parts = [markdown_table(rows), metrics_markdown(info.metrics, has_card), trust_markdown(info.trust)]
+    return "\n\n".join(part for part in [*parts, export_report_markdown(info.export_report)] if part)
 
 
 def segmenter_markdown(segmenter: DefectSegmenter, metrics: dict[str, float], has_card: bool = False) -> str:
@@ -120,6 +190,7 @@ def segmenter_markdown(segmenter: DefectSegmenter, metrics: dict[str, float], ha
         ("Input size", size),
         ("Normalisation", f"mean {list(given['mean'])}, std {list(given['std'])}"),
         ("Stage 1", f"`{stage1['source']}` ({stage1['architecture']})" if stage1 else "none"),
+        ("Runtime", runtime_text(about["runtime"], about["export_report"])),
     ]
     # Every tuned set the config stores; the pipeline serves one of them (min_area_from).
     sets = all_stored_min_areas(segmenter.model.config)
@@ -134,7 +205,13 @@ def segmenter_markdown(segmenter: DefectSegmenter, metrics: dict[str, float], ha
         )
     else:
         areas = "**Minimum areas**: none were tuned for this model, so every outlined pixel is kept."
-    return "\n\n".join([markdown_table(rows), areas, metrics_markdown(metrics, has_card)])
+    parts = [
+        markdown_table(rows),
+        areas,
+        metrics_markdown(metrics, has_card),
+        export_report_markdown(about["export_report"]),
+    ]
+    return "\n\n".join(part for part in parts if part)
 
 
 def stage1_markdown(segmenter: DefectSegmenter, info: ModelInfo, has_card: bool = False) -> str:

@@ -55,7 +55,9 @@ def segmentation_markdown(result: Segmentation) -> str:
     return text
 
 
-def defect_explanation_markdown(explanation, outline: Segmentation, min_areas: dict[int, int]) -> str:
+def defect_explanation_markdown(
+    explanation, outline: Segmentation, min_areas: dict[int, int], runtime: str = "torch"
+) -> str:
     """What a defect class's heatmap shows, measured against the outline the user sees.
 
     ``explain_defect`` explains the segmenter's own argmax region, before stage 1 and the
@@ -66,10 +68,11 @@ def defect_explanation_markdown(explanation, outline: Segmentation, min_areas: d
         explanation: ``explain_defect``'s answer.
         outline: ``segment()`` of the same image with the same minimum areas.
         min_areas: Class id -> the minimum area in pixels that ``outline`` applied.
+        runtime: What serves the segmenter (``"onnx"`` or ``"torch"``).
     """
     region = outline.region(explanation.target_index)
     if region.present:
-        return explanation_markdown(explanation)
+        return explanation_markdown(explanation, runtime=runtime)
     label = region.label
     if region.ruled_out:
         probability = (outline.stage1 or {}).get(label)
@@ -88,7 +91,7 @@ def defect_explanation_markdown(explanation, outline: Segmentation, min_areas: d
         f"`{explanation.layer_name}`) shows where the segmenter alone, before stage 1 and the minimum area, paints "
         f"**{label}**: {painted} with mean probability {explanation.target_score:.0%}, none of it in the outline shown."
     )
-    return explanation_markdown(explanation, headline)
+    return explanation_markdown(explanation, headline, runtime=runtime)
 
 
 def segmentation_downloads(result: Segmentation, name: Path) -> list[str]:
@@ -129,7 +132,7 @@ def build(context: TabContext) -> None:
         explanation = explain_defect(segmenter, picture, class_id=defect, method=method)
         min_areas = segmenter.min_area_at_least(int(min_area))
         outline = segmenter.segment(picture, min_area=min_areas)
-        return explanation.panels, defect_explanation_markdown(explanation, outline, min_areas)
+        return explanation.panels, defect_explanation_markdown(explanation, outline, min_areas, segmenter.runtime)
 
     steel_examples = sorted(STEEL_EXAMPLES.glob("*.jpg"))
     with gr.Tab("Segment", id=TAB_ID):

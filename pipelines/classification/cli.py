@@ -11,6 +11,7 @@ from common.checkpoints import ModelLoadError
 from pipelines.classification.predict import ImageClassifier
 from pipelines.classification.records import classify_files, write_predictions_csv
 from pipelines.image_files import iter_image_files
+from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -20,7 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Classify images (files or folders) and write the top-k classes as CSV.",
     )
     parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--model", default="default", help="'default', a checkpoint directory, or a hub id")
+    parser.add_argument(
+        "--model", default="default", help="'default', a checkpoint directory (exported ones too), or a hub id"
+    )
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     parser.add_argument("--top-k", type=int, default=5, help="how many classes per image (default 5)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--csv", default="-", help="output CSV path, or - for standard output (default)")
@@ -36,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not files:
         parser.error(f"no files found in {', '.join(args.paths)}")
     try:
-        classifier = ImageClassifier.from_pretrained(args.model)
+        classifier = ImageClassifier.from_pretrained(args.model, runtime=args.runtime)
     except ModelLoadError as error:
         parser.exit(2, f"error: {error}\n")
     rows = classify_files(classifier, files, top_k=args.top_k, batch_size=args.batch_size)

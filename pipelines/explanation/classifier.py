@@ -80,6 +80,10 @@ def explain_prediction(
     shares its weights (see ``cam._frozen_view``), so explanations can run in several threads at
     once and next to ordinary classification.
 
+    A classifier served by ONNX Runtime is explained with its eager weights (``classifier.eager()``,
+    the ``model.safetensors`` kept beside ``model.onnx``): a CAM needs the network's activations and
+    gradients, and the deletion test then scores the same network the heatmap was read from.
+
     Args:
         classifier: Any classifier loaded by ``ImageClassifier.from_pretrained``.
         image: A path, bytes or a PIL image.
@@ -112,6 +116,7 @@ def explain_prediction(
     _check_alpha(alpha)
     _check_fraction(fraction)
     cmap = _colormap(colormap)
+    classifier = classifier.eager()
     target_index = _target_index(classifier, target)
     layer_name, rule = _resolve_layer(classifier.model, layer)
     if guided:

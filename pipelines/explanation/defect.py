@@ -144,6 +144,11 @@ def explain_defect(
     does; the padding is cropped off the heatmap. The predicted region is the plain argmax
     (``segment()`` without stage 1 or ``min_area``).
 
+    A segmenter served by ONNX Runtime is explained with its eager weights (``segmenter.eager()``):
+    the CAM needs activations and gradients, the whole image runs in one pass (which a graph
+    exported at a fixed tile size could not take), and region, CAM and deletion test then all
+    come from the same network.
+
     Args:
         segmenter: A segmenter loaded by ``DefectSegmenter.from_pretrained``; never modified.
         image: A path, bytes or a PIL image.
@@ -179,6 +184,7 @@ def explain_defect(
     _check_alpha(alpha)
     _check_fraction(fraction)
     cmap = _colormap(colormap)
+    segmenter = segmenter.eager()
     class_id = _defect_class(segmenter, class_id)
     label = segmenter.id2label.get(class_id, str(class_id))
     layer_name, rule = _resolve_layer(segmenter.model, layer)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from common.checkpoints import ModelLoadError
+from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 from pipelines.segmentation.predict import DefectSegmenter, MinArea
 from pipelines.segmentation.records import write_submission
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="segmentation checkpoint directory or hub id")
     parser.add_argument("--stage1", help="multi-label 'which defects are present' classifier checkpoint")
     parser.add_argument("--csv", required=True, help="output CSV path")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help=RUNTIME_HELP)
     parser.add_argument("--tile-width", type=int, help="run overlapping tiles this wide (multiple of 32)")
     parser.add_argument("--resize-to", type=_parse_size, help="HxW to resize images to, for models trained resized")
     parser.add_argument(
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"no such file or folder: {', '.join(missing)}")
     try:
         segmenter = DefectSegmenter.from_pretrained(
-            args.model, stage1=args.stage1, tile_width=args.tile_width, resize_to=args.resize_to
+            args.model, stage1=args.stage1, tile_width=args.tile_width, resize_to=args.resize_to, runtime=args.runtime
         )
         segmenter.min_areas(args.min_area)
     except ModelLoadError as error:

@@ -9,6 +9,10 @@ background; every other label is a defect class named by the checkpoint's ``id2l
 An optional stage-1 multi-label classifier ("which defect types are present") removes the
 classes it rules out (``records`` turns a folder of images into a Kaggle submission CSV).
 
+The forward pass of both runs on ONNX Runtime when their checkpoints have exported graphs and
+PyTorch otherwise (``runtime``, see ``pipelines.runtime``); tiling, stitching, stage 1 and the
+minimum areas are the same code either way.
+
 >>> from pipelines.segmentation import DefectSegmenter
 >>> segmenter = DefectSegmenter.from_pretrained("models/steel-segformer", tile_width=512)  # doctest: +SKIP
 >>> [(r.label, round(r.area_fraction, 3)) for r in segmenter.segment("0002cc93b.jpg").regions]  # doctest: +SKIP
@@ -17,6 +21,7 @@ classes it rules out (``records`` turns a folder of images into a Kaggle submiss
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +45,7 @@ from common.segmentation_rules import (
     stored_min_areas,
 )
 from pipelines.classification import ImageClassifier
+from pipelines.runtime import EAGER, ServedByRuntime, ServedNetwork, check_runtime, serve_network
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 MinArea = int | Mapping[int | str, int]
@@ -52,6 +58,9 @@ DEFAULT_TILE_OVERLAP = 64
 # Tiles per model call: bounds memory on very large images while keeping a 256x1600 strip
 # (at most a handful of tiles) to one call.
 DEFAULT_TILE_BATCH = 8
+# The seeded image an ONNX export is checked on: a Severstal strip's size, whole and as two tiles.
+CHECK_IMAGE_SIZE = (256, 1600)
+CHECK_TILE_WIDTH = 512
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing or hashing NumPy arrays is ambiguous
@@ -160,7 +169,7 @@ def _check_tile_option(name: str, value: int | None, overlap: int) -> None:
         )
 
 
-class DefectSegmenter:
+class DefectSegmenter(ServedByRuntime):
     """A semantic-segmentation checkpoint (label 0 = background) with optional stage-1 classifier."""
 
     def __init__(
@@ -175,13 +184,15 @@ class DefectSegmenter:
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         tile_batch: int = DEFAULT_TILE_BATCH,
         resize_to: tuple[int, int] | None = None,
+        served: ServedNetwork = EAGER,
     ):
-        """See :meth:`from_pretrained` for the options.
+        """See :meth:`from_pretrained` for the options; ``served`` is what runs the forward pass.
 
         Raises:
             ValueError: a tiling or resize option that cannot work, named with a fix.
-            ModelLoadError: the model has too many classes for a uint8 label map, or the
-                stage-1 classifier does not match its defect classes.
+            ModelLoadError: the model has too many classes for a uint8 label map, the stage-1
+                classifier does not match its defect classes, or an ONNX graph of a fixed size
+                cannot take the tiles these options make.
         """
         if tile_overlap % STRIDE or tile_overlap < 0:
             raise ValueError(f"tile_overlap must be a non-negative multiple of {STRIDE}, got {tile_overlap}.")
@@ -220,6 +231,51 @@ class DefectSegmenter:
             except ValueError as error:
                 raise ModelLoadError(f"Segmentation model '{source}' has a bad {key} in its config: {error}") from error
         self.tuned_min_area, self.min_area_key = stored_min_areas(model.config, with_stage1=stage1 is not None)
+        if served.network is not None:
+            self._check_graph_size(served.network)
+        self.served = served
+
+    def _check_graph_size(self, network) -> None:
+        """A graph exported at a fixed height or width takes only tiles of that size: the options must say so."""
+        fixed_height, fixed_width = network.input_shape[2:]
+        for name, fixed, option in (
+            ("tile_height", fixed_height, self.tile_height),
+            ("tile_width", fixed_width, self.tile_width),
+        ):
+            if fixed is not None and option not in (None, fixed):
+                raise ModelLoadError(
+                    f"The ONNX graph of '{self.source}' ({network.path}) takes only {network.describe_input()} "
+                    f"inputs, but {name}={option}. Load it with {name}={fixed}, export it with dynamic height "
+                    "and width, or serve it with runtime 'torch'."
+                )
+
+    def check_inputs(self) -> list[torch.Tensor]:
+        """``pixel_values`` to check an ONNX export on: a seeded strip-sized image, as two tiles and whole.
+
+        A smoothed noise image, normalised and padded by :meth:`preprocess`'s rules; it does not
+        depend on this segmenter's tiling options, so one export serves any of them.
+        """
+        from PIL import ImageFilter
+
+        rng = np.random.default_rng(0)
+        height, width = CHECK_IMAGE_SIZE
+        noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        pixels = torch.from_numpy(np.asarray(noise.filter(ImageFilter.GaussianBlur(2)), dtype=np.float32))
+        pixels = ((pixels.permute(2, 0, 1) * self._scale - self._mean) / self._std)[None]
+        tiles = torch.cat([pixels[..., :CHECK_TILE_WIDTH], pixels[..., CHECK_TILE_WIDTH : 2 * CHECK_TILE_WIDTH]])
+        return [tiles, pixels]
+
+    def eager(self) -> DefectSegmenter:
+        """This segmenter with PyTorch running its forward pass (itself when it already does).
+
+        It shares the loaded weights, settings and stage 1; Grad-CAM explains with it, as CAMs
+        need the eager network's activations and gradients.
+        """
+        if self.network is None:
+            return self
+        eager = copy.copy(self)
+        eager.served = EAGER
+        return eager
 
     @classmethod
     def from_pretrained(
@@ -231,6 +287,7 @@ class DefectSegmenter:
         tile_height: int | None = None,
         tile_overlap: int = DEFAULT_TILE_OVERLAP,
         resize_to: tuple[int, int] | None = None,
+        runtime: str = "auto",
     ) -> DefectSegmenter:
         """Load a segmentation checkpoint directory or hub id, and optionally a stage-1 classifier.
 
@@ -249,18 +306,23 @@ class DefectSegmenter:
                 run at their native resolution and the processor's fixed resize is ignored:
                 the default SegFormer size of 512x512 would squash a 256x1600 strip six-fold
                 horizontally. Masks always come back at the original image size.
+            runtime: ``"auto"`` (ONNX Runtime for a checkpoint holding ``model.onnx``, else
+                PyTorch), ``"torch"`` or ``"onnx"``, for the segmenter and its stage 1 alike;
+                see ``pipelines.runtime``. An ONNX graph of a fixed size needs tiles of that size.
 
         Raises:
+            ValueError: a bad ``runtime``, tiling or resize option, named with a fix.
             common.checkpoints.ModelLoadError: with the reason and the fix.
         """
         from transformers import AutoModelForSemanticSegmentation
 
+        check_runtime(runtime)
         # float32 whatever the file holds: checkpoints may ship in fp16 to stay small, and
         # most CPU kernels are fastest (or only exist) in float32.
         model = load_pretrained(AutoModelForSemanticSegmentation, name_or_path, dtype=torch.float32)
         processor = load_image_processor(name_or_path)
-        classifier = ImageClassifier.from_pretrained(stage1) if stage1 is not None else None
-        return cls(
+        classifier = ImageClassifier.from_pretrained(stage1, runtime=runtime) if stage1 is not None else None
+        segmenter = cls(
             model,
             processor,
             source=str(name_or_path),
@@ -271,6 +333,19 @@ class DefectSegmenter:
             # A model trained on resized images says so in its config (train/segmentation/train.py).
             resize_to=resize_to or getattr(model.config, INFERENCE_RESIZE_KEY, None),
         )
+        location = model.config._name_or_path
+        served = serve_network(
+            runtime,
+            str(name_or_path),
+            location if location and os.path.isdir(location) else None,
+            model,
+            segmenter.check_inputs,
+            segmentation=True,
+        )
+        if served.network is not None:
+            segmenter._check_graph_size(served.network)
+        segmenter.served = served
+        return segmenter
 
     @property
     def defect_labels(self) -> list[str]:
@@ -314,7 +389,23 @@ class DefectSegmenter:
         return tiles, grid
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """One model call; returns logits ``(N, C, h, w)`` (1/4 of the input size for SegFormer)."""
+        """One model call (ONNX Runtime or PyTorch, see ``runtime``); returns logits ``(N, C, h, w)``.
+
+        The logits are 1/4 of the input size for SegFormer.
+
+        Raises:
+            ValueError: an ONNX graph of a fixed size and tiles of another size, naming the fix.
+        """
+        if self.network is not None:
+            if not self.network.accepts(pixel_values.shape):
+                height, width = pixel_values.shape[-2:]
+                raise ValueError(
+                    f"The ONNX graph of '{self.source}' takes {self.network.describe_input()} inputs only, but this "
+                    f"image gives {height}x{width} tiles (padded to a multiple of {STRIDE}). Use images and "
+                    "tile_width/tile_height that make tiles of its size, export it with dynamic height and width, "
+                    "or serve it with runtime 'torch'."
+                )
+            return self.network(pixel_values)
         with torch.inference_mode():
             return self.model(pixel_values=pixel_values).logits
 
@@ -480,11 +571,15 @@ class DefectSegmenter:
                 "source": self.stage1.source,
                 "architecture": (self.stage1.model.config.architectures or [type(self.stage1.model).__name__])[0],
                 "thresholds": dict(zip(self.defect_labels, self._stage1_thresholds)),
+                "runtime": self.stage1.runtime,
+                "export_report": self.stage1.export_report,
             }
         return {
             "source": self.source,
             "architecture": (config.architectures or [type(self.model).__name__])[0],
             "model_type": config.model_type,
+            "runtime": self.runtime,  # what runs the forward pass: "onnx" or "torch"
+            "export_report": self.export_report,  # the parity report saved beside model.onnx
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "num_labels": self.num_labels,
             "id2label": dict(self.id2label),
