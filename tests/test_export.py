@@ -1,4 +1,4 @@
-"""train.export: a float16 copy of a checkpoint that the pipelines load and that answers the same."""
+"""train.export --format safetensors (the default): a float16 copy that the pipelines load and that answers the same."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.classification import ImageClassifier
-from train.export import ExportError, main
+from train.export import ExportError, export, main
 
 
 def test_export_halves_the_weights_and_keeps_the_answers(tiny_resnet_dir, photo_file, tmp_path):
@@ -21,7 +21,7 @@ def test_export_halves_the_weights_and_keeps_the_answers(tiny_resnet_dir, photo_
     (source / "checkpoint-10").mkdir()
     out = tmp_path / "shipped"
 
-    assert main([str(source), str(out)]) == 0
+    assert main([str(source), str(out), "--dtype", "float16"]) == 0  # the README's command
 
     weights = load_file(out / "model.safetensors")
     assert {t.dtype for t in weights.values() if t.is_floating_point()} == {torch.float16}
@@ -54,6 +54,31 @@ def test_export_refuses_to_overwrite_and_names_the_flag(tiny_resnet_dir, tmp_pat
 
 def test_export_of_a_directory_without_safetensors_says_what_it_needs(tmp_path):
     with pytest.raises(ExportError, match="no model.safetensors"):
-        from train.export import export
-
         export(tmp_path, tmp_path / "out")
+
+
+def test_a_failed_write_keeps_the_previous_export_and_leaves_no_staging(tiny_resnet_dir, tmp_path, monkeypatch):
+    from train.export import fp16
+
+    out = tmp_path / "shipped"
+    assert main([str(tiny_resnet_dir), str(out)]) == 0
+    before = sorted(p.name for p in out.iterdir())
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fp16, "save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        main([str(tiny_resnet_dir), str(out), "--overwrite"])
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["shipped"]  # no .partial folder beside it
+
+
+def test_onnx_flags_without_format_onnx_are_refused_by_name(tiny_resnet_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(tiny_resnet_dir), str(tmp_path / "out"), "--quantize", "int8"])
+    assert "--quantize need --format onnx" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(tiny_resnet_dir), str(tmp_path / "out"), "--format", "onnx", "--dtype", "float16"])
+    assert "--dtype is for --format safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
