@@ -7,11 +7,13 @@ ARGS ?=
 
 .PHONY: venv run test lint bench bench-explain bench-localisation bench-train clean-venv
 
-# (Re)install only when requirements.txt changed since the last successful install.
+# (Re)install only when requirements.txt or requirements-serve.txt (which it includes) changed since
+# the last successful install.
+REQUIREMENTS := requirements.txt requirements-serve.txt
 venv:
-	@want=$$(sha256sum requirements.txt | cut -d' ' -f1); \
+	@want=$$(cat $(REQUIREMENTS) | sha256sum | cut -d' ' -f1); \
 	if [ "$$(cat $(STAMP) 2>/dev/null)" = "$$want" ]; then \
-		echo "$(VENV) is up to date with requirements.txt"; \
+		echo "$(VENV) is up to date with $(REQUIREMENTS)"; \
 	else \
 		[ -x $(PY) ] || $(PYTHON) -m venv $(VENV) || exit 1; \
 		$(PY) -m pip install --disable-pip-version-check -r requirements.txt || exit 1; \
