@@ -75,7 +75,8 @@ base() {
   require debootstrap
   local mirror rootfs="$STATE/rootfs" proxy=
   mirror=$(debian_mirror)
-  [ -n "$mirror" ] || mirror=http://deb.debian.org/debian/
+  [ -n "$mirror" ] || mirror=${DEBIAN_MIRROR:-}
+  [ -n "$mirror" ] || { echo "container.sh: no Debian mirror in apt's sources; set DEBIAN_MIRROR to the one apt uses" >&2; exit 2; }
   # apt's proxy, if it has one, is debootstrap's too.
   eval "$(apt-config shell proxy Acquire::http::Proxy 2>/dev/null)" || true
   if [ -n "$proxy" ]; then export http_proxy="$proxy"; fi
