@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from common.checkpoint_files import INFERENCE_RESIZE_KEY, MIN_AREA_KEY
@@ -36,6 +35,7 @@ from common.checkpoints import ModelLoadError, load_image_processor, load_pretra
 from common.image_io import load_image
 from common.preprocessing import input_geometry
 from common.rle import rle_encode
+from common.segmentation_input import STRIDE, SegmenterInput, restore_size, round_up, tile_starts, upsample
 from common.segmentation_rules import (
     Stage1MismatchError,
     all_stored_min_areas,
@@ -50,10 +50,6 @@ from pipelines.runtime import EAGER, ServedByRuntime, ServedNetwork, check_runti
 ImageSource = str | os.PathLike | bytes | Image.Image
 MinArea = int | Mapping[int | str, int]
 
-# SegFormer's encoder halves the resolution four times after a stride-4 stem: inputs whose
-# sides are multiples of 32 give feature maps that line up exactly with the pixels (and with
-# each other across tiles whose origins are multiples of 32).
-STRIDE = 32
 DEFAULT_TILE_OVERLAP = 64
 # Tiles per model call: bounds memory on very large images while keeping a 256x1600 strip
 # (at most a handful of tiles) to one call.
@@ -128,22 +124,6 @@ class TileGrid:
     overlap: int
 
 
-def round_up(value: int, multiple: int = STRIDE) -> int:
-    return -(-value // multiple) * multiple
-
-
-def tile_starts(length: int, tile: int | None, overlap: int) -> tuple[int, list[int]]:
-    """Tile size and start offsets covering ``length`` (a multiple of 32) with overlapping tiles.
-
-    Consecutive tiles share at least ``overlap`` pixels; the last tile is aligned to the end,
-    so it may share more. Without ``tile`` or when one tile covers everything, one tile.
-    """
-    if tile is None or length <= tile:
-        return length, [0]
-    step = tile - overlap
-    return tile, [*range(0, length - tile, step), length - tile]
-
-
 def blend_weights(tile: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
     """1-D blending weights: a linear ramp over ``overlap`` pixels on each side shared with a neighbour.
 
@@ -215,11 +195,7 @@ class DefectSegmenter(ServedByRuntime):
                 f"Segmentation model '{source}' has {self.num_labels} labels; this pipeline needs background "
                 "plus 1 to 255 defect classes (the label map is uint8)."
             )
-        geometry = input_geometry(processor)
-        self._mean = torch.tensor(geometry.mean, dtype=torch.float32).view(-1, 1, 1)
-        self._std = torch.tensor(geometry.std, dtype=torch.float32).view(-1, 1, 1)
-        self._scale = float(processor.rescale_factor) if getattr(processor, "do_rescale", True) else 1.0
-        self._resample = Image.Resampling[geometry.interpolation.upper()]
+        self.input_rule = SegmenterInput.from_processor(processor)
         self.stage1 = stage1
         self._stage1_columns, self._stage1_thresholds = self._match_stage1(stage1) if stage1 else ([], [])
         # Per-class minimum areas fitted on validation; which set is served depends on whether a
@@ -260,8 +236,7 @@ class DefectSegmenter(ServedByRuntime):
         rng = np.random.default_rng(0)
         height, width = CHECK_IMAGE_SIZE
         noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-        pixels = torch.from_numpy(np.asarray(noise.filter(ImageFilter.GaussianBlur(2)), dtype=np.float32))
-        pixels = ((pixels.permute(2, 0, 1) * self._scale - self._mean) / self._std)[None]
+        pixels = self.input_rule.pixels(noise.filter(ImageFilter.GaussianBlur(2)))[0][None]
         tiles = torch.cat([pixels[..., :CHECK_TILE_WIDTH], pixels[..., CHECK_TILE_WIDTH : 2 * CHECK_TILE_WIDTH]])
         return [tiles, pixels]
 
@@ -374,13 +349,8 @@ class DefectSegmenter(ServedByRuntime):
         the dataset's mean colour, the most neutral value the model knows.
         """
         original_size = (image.height, image.width)
-        if self.resize_to is not None and self.resize_to != original_size:
-            image = image.resize((self.resize_to[1], self.resize_to[0]), resample=self._resample)
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
-        pixels = (pixels * self._scale - self._mean) / self._std
-        height, width = pixels.shape[1:]
-        padded = (round_up(height), round_up(width))
-        pixels = F.pad(pixels, (0, padded[1] - width, 0, padded[0] - height))
+        pixels, (height, width) = self.input_rule.pixels(image, self.resize_to)
+        padded = tuple(pixels.shape[1:])
         tile_h, ys = tile_starts(padded[0], self.tile_height, self.tile_overlap)
         tile_w, xs = tile_starts(padded[1], self.tile_width, self.tile_overlap)
         origins = tuple((y, x) for y in ys for x in xs)
@@ -420,7 +390,7 @@ class DefectSegmenter(ServedByRuntime):
         linear ramps over their overlaps, the padding is cropped, and a ``resize_to`` image is
         resized back to its original size.
         """
-        tile_logits = F.interpolate(tile_logits.float(), size=grid.tile_size, mode="bilinear", align_corners=False)
+        tile_logits = upsample(tile_logits, grid.tile_size)
         if len(grid.origins) == 1:
             logits = tile_logits[0]
         else:
@@ -435,10 +405,7 @@ class DefectSegmenter(ServedByRuntime):
                 total[:, y : y + tile_h, x : x + tile_w] += logits * weight
                 weight_sum[y : y + tile_h, x : x + tile_w] += weight
             logits = total / weight_sum
-        logits = logits[:, : grid.model_size[0], : grid.model_size[1]]
-        if grid.model_size != grid.original_size:
-            logits = F.interpolate(logits[None], size=grid.original_size, mode="bilinear", align_corners=False)[0]
-        return logits
+        return restore_size(logits, grid.model_size, grid.original_size)
 
     def postprocess(
         self,
@@ -591,7 +558,7 @@ class DefectSegmenter(ServedByRuntime):
                 "tile_width": self.tile_width,
                 "tile_height": self.tile_height,
                 "tile_overlap": self.tile_overlap,
-                "rescale_factor": self._scale,
+                "rescale_factor": self.input_rule.scale,
                 "mean": geometry.mean,
                 "std": geometry.std,
             },

@@ -13,12 +13,10 @@ and the default model's cache also use); this module decides what it is exported
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSemanticSegmentation
@@ -28,13 +26,12 @@ from common.checkpoint_files import INFERENCE_RESIZE_KEY
 from common.checkpoints import load_image_processor, load_pretrained
 from common.onnx_network import export_network
 from common.preprocessing import batch_preprocessor, input_geometry
+from common.segmentation_input import SegmenterInput
 from common.segmentation_rules import DEFAULT_STAGE1_THRESHOLD
 
 CLASSIFIER = "classifier"
 MULTI_LABEL = "multi-label classifier"
 SEGMENTER = "segmenter"
-# SegFormer's output stride: the pipeline pads every image (and tile) to multiples of it.
-SEGMENTER_STRIDE = 32
 # The size a segmenter is traced at. Height and width differ on purpose: equal example sizes
 # would let the tracer treat them as one symbol and tie the graph's height to its width.
 SEGMENTER_EXAMPLE_SIZE = (256, 512)
@@ -79,22 +76,10 @@ class Network:
         return self._preprocess
 
     def _segmenter_pixels(self, image: Image.Image) -> torch.Tensor:
-        # What pipelines.segmentation.DefectSegmenter.preprocess does (train/ may not import it):
-        # the optional fixed resize, rescale and normalise with the processor's numbers, then
-        # zero padding (the mean colour) at the bottom and right up to multiples of 32.
-        geometry = input_geometry(self.processor)
-        if self.input_size is not None and self.input_size != (image.height, image.width):
-            resample = Image.Resampling[geometry.interpolation.upper()]
-            image = image.resize((self.input_size[1], self.input_size[0]), resample=resample)
-        rescale = getattr(self.processor, "do_rescale", True)
-        scale = float(getattr(self.processor, "rescale_factor", 1 / 255)) if rescale else 1.0
-        mean = torch.tensor(geometry.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(geometry.std, dtype=torch.float32).view(-1, 1, 1)
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32)).permute(2, 0, 1)
-        pixels = (pixels * scale - mean) / std
-        height, width = pixels.shape[1:]
-        padded = [math.ceil(side / SEGMENTER_STRIDE) * SEGMENTER_STRIDE for side in (height, width)]
-        return torch.nn.functional.pad(pixels, (0, padded[1] - width, 0, padded[0] - height))[None]
+        # Exactly what pipelines.segmentation.DefectSegmenter.preprocess feeds the network.
+        if not hasattr(self, "_input_rule"):
+            self._input_rule = SegmenterInput.from_processor(self.processor)
+        return self._input_rule.pixels(image, self.input_size)[0][None]
 
     def example(self) -> torch.Tensor:
         """A ``pixel_values`` batch of one at the size the graph is traced at."""

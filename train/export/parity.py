@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from common.onnx_network import OnnxNetwork, cpu_name, logit_parity, measure_latency
+from common.segmentation_input import restore_size, round_up, tile_starts, upsample
 from common.segmentation_rules import drop_classes, stored_min_areas
 from common.segmentation_scores import segmentation_metrics
-from train.export.network import MULTI_LABEL, SEGMENTER, SEGMENTER_STRIDE, Network
+from train.export.network import MULTI_LABEL, SEGMENTER, Network
 
 BATCH = 16
 # Same-sized inputs run together up to this many pixels per call (16 classifier inputs of
@@ -144,11 +144,8 @@ def label_map(network: Network, logits: np.ndarray, size: tuple[int, int], min_a
     minimum area (the segmenter-alone set in the config) cleared.
     """
     model_size = network.input_size or size
-    padded = [-(-side // SEGMENTER_STRIDE) * SEGMENTER_STRIDE for side in model_size]
-    upsampled = F.interpolate(torch.from_numpy(logits).float(), size=padded, mode="bilinear", align_corners=False)
-    upsampled = upsampled[:, :, : model_size[0], : model_size[1]]
-    if tuple(model_size) != tuple(size):
-        upsampled = F.interpolate(upsampled, size=size, mode="bilinear", align_corners=False)
+    padded = [round_up(side) for side in model_size]
+    upsampled = restore_size(upsample(torch.from_numpy(logits), padded)[0], model_size, size)[None]
     labels = upsampled[0].argmax(0).numpy().astype(np.uint8)
     return drop_classes(labels, min_areas)
 
@@ -200,10 +197,7 @@ def segmenter_parity(
 
 def tiles(pixel_values: torch.Tensor, width: int = TILE_WIDTH, overlap: int = TILE_OVERLAP) -> torch.Tensor:
     """The ``width``-wide tiles the pipeline cuts a padded input into (last one aligned to the end)."""
-    total = pixel_values.shape[-1]
-    if total <= width:
-        return pixel_values
-    starts = [*range(0, total - width, width - overlap), total - width]
+    width, starts = tile_starts(pixel_values.shape[-1], width, overlap)
     return torch.cat([pixel_values[..., x : x + width] for x in starts])
 
 
