@@ -253,22 +253,29 @@ def test_a_segmenter_exports_at_any_size_with_its_defect_pixels(segformer_dir, s
     assert json.loads((out / CONFIG_FILE).read_text())["min_area"]["pitting"] == 10
 
 
+def _int8_args(calibration_dir, eval_dir, variants: str) -> list:
+    """The flags of an int8 export calibrated on ``calibration_dir`` with ``variants``."""
+    return [
+        "--format",
+        "onnx",
+        "--quantize",
+        "int8",
+        "--calibration_dir",
+        calibration_dir,
+        "--eval_dir",
+        eval_dir,
+        "--int8_variants",
+        variants,
+    ]
+
+
 def test_int8_through_the_cli_reports_every_variant_and_keeps_one(colour_resnet_dir, colours, tmp_path, capsys):
     out = tmp_path / "int8"
     code, stdout, err = _export(
         capsys,
         colour_resnet_dir,
         out,
-        "--format",
-        "onnx",
-        "--quantize",
-        "int8",
-        "--calibration_dir",
-        colours / "train",
-        "--eval_dir",
-        colours / "test",
-        "--int8_variants",
-        "minmax,minmax_float_ends",
+        *_int8_args(colours / "train", colours / "test", "minmax,minmax_float_ends"),
         # A net trained for 30 steps has near-tied logits that int8 noise flips: a floor it can meet.
         "--min_top1_agreement_int8",
         "0.75",
@@ -300,16 +307,7 @@ def test_int8_calibrated_on_one_noise_image_is_refused_with_the_figures(colour_r
         capsys,
         colour_resnet_dir,
         out,
-        "--format",
-        "onnx",
-        "--quantize",
-        "int8",
-        "--calibration_dir",
-        calibration,
-        "--eval_dir",
-        colours / "test",
-        "--int8_variants",
-        "minmax",
+        *_int8_args(calibration, colours / "test", "minmax"),
         "--overwrite",
         *FAST,
     )
@@ -322,9 +320,19 @@ def test_int8_calibrated_on_one_noise_image_is_refused_with_the_figures(colour_r
 def test_dynamic_quantization_is_measured_like_static(tiny_resnet_dir, labelled_eval, tmp_path, capsys):
     out = tmp_path / "dynamic"
     code, stdout, err = _export(
-        capsys, tiny_resnet_dir, out, "--format", "onnx", "--quantize", "dynamic", "--eval_dir", labelled_eval,
-        "--min_top1_agreement_int8", "0.0", *FAST,
-    )  # fmt: skip
+        capsys,
+        tiny_resnet_dir,
+        out,
+        "--format",
+        "onnx",
+        "--quantize",
+        "dynamic",
+        "--eval_dir",
+        labelled_eval,
+        "--min_top1_agreement_int8",
+        "0.0",
+        *FAST,
+    )
     assert code == 0, stdout + err
     report = _report(out)
     assert report["precision"] == "int8 weights" and report["quantization"]["chosen"] == "dynamic"
@@ -333,9 +341,17 @@ def test_dynamic_quantization_is_measured_like_static(tiny_resnet_dir, labelled_
 def test_a_floor_the_export_misses_refuses_it_and_writes_nothing(tiny_resnet_dir, labelled_eval, tmp_path, capsys):
     out = tmp_path / "out"
     code, _, err = _export(
-        capsys, tiny_resnet_dir, out, "--format", "onnx", "--eval_dir", labelled_eval,
-        "--min_top1_agreement_fp32", "1.01", *FAST,
-    )  # fmt: skip
+        capsys,
+        tiny_resnet_dir,
+        out,
+        "--format",
+        "onnx",
+        "--eval_dir",
+        labelled_eval,
+        "--min_top1_agreement_fp32",
+        "1.01",
+        *FAST,
+    )
     assert code == 2 and "below the floor 101.00%" in err and "max_abs_logit_diff" in err
     assert not out.exists()
 
@@ -353,9 +369,21 @@ def test_without_eval_dir_the_calibration_images_not_calibrated_on_are_held_out(
 ):
     out = tmp_path / "out"
     code, stdout, err = _export(
-        capsys, tiny_resnet_dir, out, "--format", "onnx", "--quantize", "int8", "--calibration_dir",
-        colours / "train", "--int8_variants", "minmax", "--min_top1_agreement_int8", "0.0", *FAST,
-    )  # fmt: skip
+        capsys,
+        tiny_resnet_dir,
+        out,
+        "--format",
+        "onnx",
+        "--quantize",
+        "int8",
+        "--calibration_dir",
+        colours / "train",
+        "--int8_variants",
+        "minmax",
+        "--min_top1_agreement_int8",
+        "0.0",
+        *FAST,
+    )
     assert code == 0, stdout + err
     report = _report(out)
     # 36 images: at least 30% (11) held out, the other 25 calibrate.

@@ -16,12 +16,13 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from common.image_io import load_image
 from pipelines.classification import ImageClassifier, ImageSource
-from pipelines.explanation.cam import _method_class, _run_cam
+from pipelines.explanation.cam import _run_cam
 from pipelines.explanation.guided import _guided_gradients, _with_pixel_detail, check_guided
 from pipelines.explanation.layers import _LayerRule, _resolve_layer
-from pipelines.explanation.metrics import _check_fraction, _target_probabilities, deletion_test
+from pipelines.explanation.metrics import _target_probabilities, deletion_test
+from pipelines.explanation.options import check_options
 from pipelines.explanation.placement import input_placement, map_to_original
-from pipelines.explanation.render import _check_alpha, _colormap, _pictures
+from pipelines.explanation.render import _pictures
 from pipelines.explanation.results import Explanation, ExplanationError
 
 
@@ -112,10 +113,7 @@ def explain_prediction(
         >>> explain_prediction(classifier, "cat.jpg", method="gradcam++").faithfulness.sentence  # doctest: +SKIP
         "Hiding the 20% of the image the heatmap marks as most important lowers the confidence in ..."
     """
-    method, cam_class = _method_class(method)
-    _check_alpha(alpha)
-    _check_fraction(fraction)
-    cmap = _colormap(colormap)
+    method, cam_class, cmap = check_options(method, alpha, fraction, colormap)
     classifier = classifier.eager()
     target_index = _target_index(classifier, target)
     layer_name, rule = _resolve_layer(classifier.model, layer)

@@ -20,10 +20,11 @@ from pytorch_grad_cam.utils.model_targets import SemanticSegmentationTarget
 
 from common.image_io import load_image
 from pipelines.classification import ImageSource
-from pipelines.explanation.cam import _method_class, _run_cam
+from pipelines.explanation.cam import _run_cam
 from pipelines.explanation.layers import _resolve_layer
-from pipelines.explanation.metrics import _check_fraction, _region_probabilities, defect_deletion_test
-from pipelines.explanation.render import _check_alpha, _colormap, _pictures
+from pipelines.explanation.metrics import _region_probabilities, defect_deletion_test
+from pipelines.explanation.options import check_options
+from pipelines.explanation.render import _pictures
 from pipelines.explanation.results import Explanation, ExplanationError
 from pipelines.segmentation import DefectSegmenter, TileGrid
 
@@ -180,10 +181,7 @@ def explain_defect(
         >>> explain_defect(segmenter, "0002cc93b.jpg", class_id="scratches").heatmap.shape  # doctest: +SKIP
         (256, 1600)
     """
-    method, cam_class = _method_class(method)
-    _check_alpha(alpha)
-    _check_fraction(fraction)
-    cmap = _colormap(colormap)
+    method, cam_class, cmap = check_options(method, alpha, fraction, colormap)
     segmenter = segmenter.eager()
     class_id = _defect_class(segmenter, class_id)
     label = segmenter.id2label.get(class_id, str(class_id))
