@@ -63,11 +63,12 @@ COPY pipelines pipelines/
 COPY ui ui/
 RUN python -m compileall -q app.py common pipelines ui
 USER 1000:1000
-# Convert the embedded default classifier now (into $VISPECT_CACHE), so the container starts fast;
-# this also checks that torch, timm and transformers work in the image. Then make the cache readable
-# by any uid, for runtimes that pick their own (the conversion writes some files 0600).
-RUN python -c "from common.default_model import default_checkpoint_dir; print(default_checkpoint_dir())" \
-    && chmod -R a+rX "$VISPECT_CACHE"
+# Load every model once now (into $VISPECT_CACHE): the default classifier's conversion and the ONNX
+# exports of models/ (the demo segmenter's takes minutes), so the container starts fast and its first
+# Segment request does not wait; this also checks that torch, timm, transformers and onnxruntime work
+# in the image. Then make the cache readable by any uid, for runtimes that pick their own (the
+# conversion writes some files 0600).
+RUN python -m pipelines.prepare && chmod -R a+rX "$VISPECT_CACHE"
 EXPOSE 7860
 # Python as PID 1 ignores SIGTERM (no handler); SIGINT stops Gradio's server cleanly.
 STOPSIGNAL SIGINT

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from huggingface_hub import constants as hub_constants
+from safetensors import SafetensorError
 
 from common.checkpoint_files import CONFIG_FILE
 from common.default_model import DEFAULT_MODEL, default_checkpoint_dir
@@ -74,8 +75,12 @@ def load_pretrained(auto_class, name_or_path: str | os.PathLike, **kwargs):
     if is_local:
         try:
             return auto_class.from_pretrained(location, local_files_only=True, **options)
-        except (OSError, ValueError, KeyError) as error:
-            raise ModelLoadError(f"Cannot load model from '{location}': {error}") from error
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            # SafetensorError: a truncated or corrupt weights file (a failed copy, a Git LFS pointer).
+            raise ModelLoadError(
+                f"Cannot load model from '{location}': {error}. If its weights file is damaged, copy or "
+                "export the checkpoint again."
+            ) from error
     try:
         return auto_class.from_pretrained(location, local_files_only=True, **options)
     except OSError:

@@ -153,3 +153,20 @@ def test_container_has_no_test_tools(served):
     installed = {line.strip().lower().replace("_", "-") for line in listing.splitlines() if line.strip()}
     assert "torch" in installed and "gradio" in installed
     assert not installed & TEST_ONLY, sorted(installed & TEST_ONLY)
+
+
+def test_container_exported_every_model_at_build_time(served, image):
+    # The image build ran `python -m pipelines.prepare`: the ONNX exports of models/ are in the
+    # image's cache before any request (the demo segmenter's export takes minutes on 2 cores).
+    name, _ = served
+    config = json.loads(podman("image", "inspect", "--format", "{{json .Config}}", image).stdout)
+    cache = dict(item.split("=", 1) for item in config["Env"])["VISPECT_CACHE"]
+    exported = podman("exec", name, "ls", f"{cache}/onnx").stdout.split()
+    assert any(d.startswith("steel-segformer-") for d in exported), exported
+    assert any(d.startswith("steel-stage1-") for d in exported), exported
+    # Run again, every model is found ready and served by ONNX Runtime.
+    result = podman("exec", name, "python", "-m", "pipelines.prepare", timeout=300)
+    served_by = dict(line.split(": served by ", 1) for line in result.stdout.splitlines() if ": served by " in line)
+    runtimes = {Path(source).name: text.split()[0] for source, text in served_by.items()}
+    assert runtimes.get("default") == "onnx", result.stdout + result.stderr
+    assert runtimes.get("steel-segformer") == "onnx" and runtimes.get("steel-stage1") == "onnx", runtimes
