@@ -58,10 +58,11 @@ WORKDIR /app
 COPY models models/
 COPY examples examples/
 COPY app.py ./
+COPY api api/
 COPY common common/
 COPY pipelines pipelines/
 COPY ui ui/
-RUN python -m compileall -q app.py common pipelines ui
+RUN python -m compileall -q app.py api common pipelines ui
 USER 1000:1000
 # Load every model once now (into $VISPECT_CACHE): the default classifier's conversion and the ONNX
 # exports of models/ (the demo segmenter's takes minutes), so the container starts fast and its first

@@ -4,17 +4,22 @@ Arguments, model sources and launch only; the tabs are built in ``ui/``. ``demo`
 import without loading any model or starting a server, so tests can import and launch it.
 
     python app.py [--classifier DIR_OR_HUB_ID ...] [--segmenter DIR [--stage1 DIR]] [--runtime auto|torch|onnx]
-                  [--share] [--port 7860]
+                  [--share] [--port 7860] [--api-key KEY]
+
+Beside the page and Gradio's API, the same server answers the REST API in ``api/`` (``/api/v1``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 import gradio as gr
+from fastapi import APIRouter
 
+from api import API_KEY_ENV, ApiLimits, create_api_router, gradio_app_kwargs
 from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import MAX_FILE_BYTES
 from pipelines.registry import PROJECT_MODELS_DIR, ClassifierRegistry, LazySegmenter
@@ -46,7 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20, help="upload size limit in MB")
     parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait before new ones are refused")
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
+    parser.add_argument(
+        "--api-key",
+        help=f"require this key (X-API-Key header or 'Authorization: Bearer') on the REST API's classify and "
+        f"segment (default: ${API_KEY_ENV}; without either, the REST API is open)",
+    )
     args = parser.parse_args(argv)
+    args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     for flag, value, low in (
         ("--port", args.port, 1),
         ("--queue-size", args.queue_size, 1),
@@ -61,8 +72,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def launch_app(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False):
-    """Queue and launch ``demo``; without internet ``--share`` falls back to local serving."""
+def launch_app(
+    demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False, rest_api: APIRouter | None = None
+):
+    """Queue and launch ``demo``, with the ``rest_api`` routes beside it; offline, ``--share`` serves locally."""
     demo.queue(max_size=args.queue_size, default_concurrency_limit=args.concurrency)
     demo.launch(
         server_name=args.host,
@@ -71,7 +84,15 @@ def launch_app(demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: b
         max_file_size=int(args.max_file_mb * 2**20),
         show_error=True,
         prevent_thread_lock=True,
+        app_kwargs=gradio_app_kwargs(rest_api) if rest_api is not None else None,
     )
+    if rest_api is not None and not args.api_key:
+        print(
+            f"The REST API ({demo.local_url}api/v1, docs at /docs) is open: no API key is set. "
+            f"Start with --api-key KEY or {API_KEY_ENV}=KEY to require one.",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.share and not demo.share_url:
         print(
             f"No public share link could be created (no internet connection to Gradio's share servers); "
@@ -102,5 +123,7 @@ if __name__ == "__main__":
         if cli.segmenter
         else LazySegmenter.from_models_dir(cli.models_dir, runtime=cli.runtime)
     )
-    demo = build_demo(registry, segmenter_source, max_file_bytes=int(cli.max_file_mb * 2**20))
-    launch_app(demo, cli)
+    max_file_bytes = int(cli.max_file_mb * 2**20)
+    demo = build_demo(registry, segmenter_source, max_file_bytes=max_file_bytes)
+    limits = ApiLimits(max_file_bytes=max_file_bytes, concurrency=cli.concurrency)
+    launch_app(demo, cli, rest_api=create_api_router(registry, segmenter_source, limits, cli.api_key))
