@@ -198,3 +198,40 @@ def test_model_tab_describes_a_classifier_and_the_segmenter_pair(page):
     _screenshot(page, "model")
     page.get_by_text("its stage 1: steel-stage1").click()
     assert "Stage 1 of steel-segformer" in _text_when(page, "#segmenter-details", "Stage 1 of")
+
+
+def test_inspect_a_zip_of_photos_and_download_the_csv(page, tmp_path):
+    """Three photos and a text file in a zip: a row each, the flagged photos in the gallery, the CSV downloaded."""
+    import csv
+    import io
+    import zipfile
+
+    photos = [path for path in example_photos() if path.name in ("chelsea.png", "coffee.png", "camera.png")]
+    batch = tmp_path / "batch.zip"
+    with zipfile.ZipFile(batch, "w") as archive:
+        for photo in photos:
+            archive.write(photo, f"photos/{photo.name}")
+        archive.writestr("photos/notes.png", "meeting notes, not a picture")
+    _open_tab(page, "Inspect")
+    _upload(page, batch, into="inspect-files")
+    page.locator("#inspect-files").get_by_text("batch.zip").first.wait_for(timeout=30_000)
+    confidence = page.locator("#inspect-confidence input[type=number]")
+    confidence.fill("0.99")  # no answer of the default model is this sure, so every photo is flagged
+    confidence.press("Enter")
+    page.get_by_role("button", name="Inspect", exact=True).click()
+    summary = _text_when(page, "#inspect-summary", "flagged", timeout=180_000)
+    assert "Inspected 4 image(s)" in summary and "4 flagged" in summary
+    table = page.locator("#inspect-table").text_content()
+    assert all(f"batch.zip/photos/{photo.name}" in table for photo in photos)
+    assert "not a recognised image format" in table and "unreadable" in table
+    assert page.locator("#inspect-gallery img").count() >= len(photos)
+    _screenshot(page, "inspect")
+    link = page.locator("#inspect-downloads a[download='inspection.csv']")
+    with page.expect_download() as download_info:
+        link.click()
+    rows = list(csv.DictReader(io.StringIO(Path(download_info.value.path()).read_text())))
+    assert [row["path"] for row in rows] == [f"batch.zip/photos/{p.name}" for p in photos] + [
+        "batch.zip/photos/notes.png"
+    ]
+    assert all(row["flagged"] == "true" for row in rows)
+    assert rows[0]["label_1"] in CAT_LABELS and "notes.png" in rows[3]["error"]

@@ -10,7 +10,7 @@ import gradio as gr
 
 from common.image_io import MAX_FILE_BYTES
 from pipelines.registry import ClassifierRegistry, LazySegmenter
-from ui import classify, explain, model, segment
+from ui import classify, explain, inspect, model, segment
 from ui.common import TabContext
 
 TITLE = "Visual inspection toolkit"
@@ -29,6 +29,7 @@ def build_demo(
             classify_tab = classify.build(context)
             explain_tab = explain.build(context)
             segment.build(context)
+            inspect.build(context)
             model.build(context)
         explain_tab.receive(classify_tab.send_button, classify_tab.image, classify_tab.model, tabs)
     return demo

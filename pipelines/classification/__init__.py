@@ -1,7 +1,8 @@
 """Image classification: load a checkpoint, classify images, write the results.
 
-``predict`` holds the inference class; ``records`` runs it over many files and writes the rows
-as CSV; ``python -m pipelines.classification`` (``cli``) is the command line over both.
+``predict`` holds the inference class; ``records`` runs it over many files (zip members too) in
+batches and writes the rows as CSV or JSON; ``python -m pipelines.classification`` (``cli``) is the
+command line over both.
 """
 
 from pipelines.classification.predict import (
@@ -11,7 +12,13 @@ from pipelines.classification.predict import (
     ModelInfo,
     Prediction,
 )
-from pipelines.classification.records import classify_files, write_predictions_csv
+from pipelines.classification.records import (
+    classify_files,
+    needs_review,
+    prediction_record,
+    write_predictions_csv,
+    write_predictions_json,
+)
 
 __all__ = [
     "Classification",
@@ -20,5 +27,8 @@ __all__ = [
     "ModelInfo",
     "Prediction",
     "classify_files",
+    "needs_review",
+    "prediction_record",
     "write_predictions_csv",
+    "write_predictions_json",
 ]

@@ -1,26 +1,30 @@
-"""``python -m pipelines.classification PATH... --model M --csv FILE``: classify files and folders into a CSV."""
+"""``python -m pipelines.classification PATH... --model M --csv FILE``: classify files, folders and zips into a CSV."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.archives import ArchiveError
 from common.checkpoints import ModelLoadError
 from pipelines.classification.predict import ImageClassifier
 from pipelines.classification.records import classify_files, write_predictions_csv
-from pipelines.image_files import iter_image_files
+from pipelines.image_files import collect_image_files
 from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: classify files and folders into a CSV."""
+    """Command line: classify files, folders and zip archives into a CSV."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.classification",
-        description="Classify images (files or folders) and write the top-k classes as CSV.",
+        description="Classify images (files, folders or .zip archives of images) and write the top-k classes as CSV.",
     )
-    parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument(
+        "paths", nargs="+", help="image files, folders (searched recursively) and/or .zip archives of images"
+    )
     parser.add_argument(
         "--model", default="default", help="'default', a checkpoint directory (exported ones too), or a hub id"
     )
@@ -36,19 +40,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")
-    files = iter_image_files(args.paths)
-    if not files:
-        parser.error(f"no files found in {', '.join(args.paths)}")
-    try:
-        classifier = ImageClassifier.from_pretrained(args.model, runtime=args.runtime)
-    except ModelLoadError as error:
-        parser.exit(2, f"error: {error}\n")
-    rows = classify_files(classifier, files, top_k=args.top_k, batch_size=args.batch_size)
-    if args.csv == "-":
-        ok, bad = write_predictions_csv(rows, sys.stdout, args.top_k)
-    else:
-        with open(args.csv, "w", newline="") as out:
-            ok, bad = write_predictions_csv(rows, out, args.top_k)
+    with tempfile.TemporaryDirectory(prefix="vispect-zip-") as unpacked:
+        try:
+            files = collect_image_files(args.paths, extract_to=unpacked)
+        except ArchiveError as error:
+            parser.exit(2, f"error: {error}\n")
+        if not files:
+            parser.error(f"no files found in {', '.join(args.paths)}")
+        try:
+            classifier = ImageClassifier.from_pretrained(args.model, runtime=args.runtime)
+        except ModelLoadError as error:
+            parser.exit(2, f"error: {error}\n")
+        rows = classify_files(classifier, files, top_k=args.top_k, batch_size=args.batch_size)
+        if args.csv == "-":
+            ok, bad = write_predictions_csv(rows, sys.stdout, args.top_k)
+        else:
+            with open(args.csv, "w", newline="") as out:
+                ok, bad = write_predictions_csv(rows, out, args.top_k)
     print(f"classified {ok} image(s), skipped {bad} unreadable file(s)", file=sys.stderr)
     return 0 if ok else 1
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.archives import ArchiveError
 from common.checkpoints import ModelLoadError
+from pipelines.image_files import collect_image_files
 from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 from pipelines.segmentation.predict import DefectSegmenter, MinArea
-from pipelines.segmentation.records import write_submission
+from pipelines.segmentation.records import (
+    check_unique_image_ids,
+    segment_files,
+    segmentation_record,
+    write_records_csv,
+    write_submission_rows,
+)
 
 
 def parse_min_area(text: str) -> MinArea:
@@ -30,14 +39,23 @@ def _parse_size(text: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
+def _kept(rows, records: list[dict]):
+    """Pass ``rows`` on while keeping each one's small record (masks are not kept: they are large)."""
+    for row in rows:
+        records.append(segmentation_record(*row))
+        yield row
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: segment files and folders into a Kaggle submission CSV."""
+    """Command line: segment files, folders and zip archives into a Kaggle submission CSV."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.segmentation",
-        description="Segment defects in images (files or folders) and write a Kaggle submission CSV "
-        "(ImageId,EncodedPixels,ClassId; one row per image and defect class).",
+        description="Segment defects in images (files, folders or .zip archives of images) and write a Kaggle "
+        "submission CSV (ImageId,EncodedPixels,ClassId; one row per image and defect class).",
     )
-    parser.add_argument("paths", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument(
+        "paths", nargs="+", help="image files, folders (searched recursively) and/or .zip archives of images"
+    )
     parser.add_argument("--model", required=True, help="segmentation checkpoint directory or hub id")
     parser.add_argument("--stage1", help="multi-label 'which defects are present' classifier checkpoint")
     parser.add_argument("--csv", required=True, help="output CSV path")
@@ -50,8 +68,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="pixels a class needs to be kept: N, or CLASS=N,CLASS=N (default: the minimums tuned in training)",
     )
+    parser.add_argument("--batch-size", type=int, default=8, help="images read and run through stage 1 together")
+    parser.add_argument(
+        "--report",
+        help="also write one CSV row per image: defective, each type's area and confidence, and the reason an "
+        "unreadable file was skipped",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     missing = [p for p in args.paths if not Path(p).exists()]
     if missing:
         parser.error(f"no such file or folder: {', '.join(missing)}")
@@ -64,12 +90,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(2, f"error: {error}\n")
     except ValueError as error:  # tiling and --min-area options: the message names the fix
         parser.error(str(error))
-    try:
-        written, skipped = write_submission(
-            args.paths, args.csv, segmenter, progress=not args.no_progress, min_area=args.min_area
+    with tempfile.TemporaryDirectory(prefix="vispect-zip-") as unpacked:
+        try:
+            files = collect_image_files(args.paths, extract_to=unpacked)
+            check_unique_image_ids(files)
+        except ArchiveError as error:
+            parser.exit(2, f"error: {error}\n")
+        except ValueError as error:  # duplicate ImageIds, found before any inference
+            parser.error(str(error))
+        rows = segment_files(
+            segmenter, files, batch_size=args.batch_size, min_area=args.min_area, progress=not args.no_progress
         )
-    except ValueError as error:  # duplicate ImageIds, found before any inference
-        parser.error(str(error))
+        records = []
+        if args.report:
+            rows = _kept(rows, records)
+        with open(args.csv, "w", newline="") as out:
+            written, skipped = write_submission_rows(rows, out)
+        if args.report:
+            with open(args.report, "w", newline="") as out:
+                write_records_csv(records, out, segmenter.defect_labels)
     print(f"segmented {written} image(s) into {args.csv}, skipped {skipped} unreadable file(s)", file=sys.stderr)
     return 0 if written else 1
 
