@@ -714,3 +714,26 @@ def write_parts(
     }
     (out / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     return info
+
+
+def write_example_batch(path: str | Path, seed: int = 99, size: int = 128, per_part: int = 2) -> list[str]:
+    """Write a zip of JPEGs mixing parts (``per_part`` of each kind) and one image of each non-part kind.
+
+    The app's Inspect tab offers it as its example batch: the parts model should name the
+    parts and answer "unknown" for the rest. File names say what each image shows, so the
+    answers can be checked by eye. Returns the member names.
+    """
+    import io
+    import zipfile
+
+    rng = np.random.default_rng(seed)
+    images = [(f"{kind}_{i + 1}.jpg", draw_part(kind, rng, size)[0]) for kind in PART_KINDS for i in range(per_part)]
+    images += [(f"other_{kind}.jpg", draw_other(kind, rng, size)) for kind in OTHER_KINDS]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:  # JPEGs do not compress
+        for name, image in images:
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=90)
+            archive.writestr(name, buffer.getvalue())
+    return [name for name, _ in images]
