@@ -33,6 +33,8 @@ test: lint
 bench: venv
 	$(PY) -m bench.classification
 	$(PY) -m bench.segmentation
+	$(PY) -m bench.api
+	$(PY) -m bench.inspect
 
 bench-explain: venv
 	$(PY) -m bench.explanation $(ARGS)
