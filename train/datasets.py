@@ -2,10 +2,13 @@
 
     python -m train.datasets digits --out data/digits
     python -m train.datasets parts --out data/parts [--n-per-class 200] [--size 128] [--seed 0]
+    python -m train.datasets reviewed --log-db URL --out data/reviewed [--validation-fraction 0.2] [--seed 0]
 
 Both write ``DIR/{train,validation,test}/<class>/<name>.png`` and ``DIR/dataset_info.json``, so
 ``datasets.load_dataset("imagefolder", data_dir=DIR)`` returns the three labelled splits.
-``parts`` also writes masks and non-part images; see :mod:`datagen.parts`.
+``parts`` also writes masks and non-part images; see :mod:`datagen.parts`. ``reviewed`` writes
+the images people reviewed in the app's inspection log (train and validation only); see
+:mod:`train.reviewed`.
 
 A data set is a writer function in :data:`datagen.GENERATORS`. The CLI passes ``out`` and ``seed`` and
 only the options the user gave (``size``, ``n_per_class``, ``splits``), as keywords, so each
@@ -29,6 +32,9 @@ from datagen.arguments import INFO_NAME
 # (a digit that moved from train to test with a new seed would sit in both). Anything else
 # in --out is the user's and is never touched.
 LAYOUT_FOLDERS: tuple[str, ...] = ("train", "validation", "test", "masks", "other")
+
+# Not a generator: the images reviewed in the app's inspection log (train.reviewed).
+REVIEWED = "reviewed"
 
 # CLI option -> writer keyword, for the options that are passed only when given.
 _OPTIONAL_KEYWORDS = {
@@ -79,9 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m train.datasets",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="data sets:\n" + "\n".join(f"  {name}: {_describe(w)}" for name, w in GENERATORS.items()),
+        epilog="data sets:\n"
+        + "\n".join(f"  {name}: {_describe(w)}" for name, w in GENERATORS.items())
+        + f"\n  {REVIEWED}: The reviewed images of the app's inspection log (first argument; see: {REVIEWED} --help)",
     )
-    parser.add_argument("name", choices=sorted(GENERATORS), help="which data set to write")
+    parser.add_argument("name", choices=sorted(GENERATORS), help=f"which data set to write ({REVIEWED}: see below)")
     parser.add_argument("--out", required=True, type=Path, help="folder to write; must be new or empty")
     parser.add_argument("--seed", type=_non_negative_int, default=0, help="same seed, same files (default 0)")
     parser.add_argument("--size", type=_positive_int, help="image width and height (default: digits 64, parts 128)")
@@ -169,6 +177,11 @@ def format_summary(info: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [REVIEWED]:  # its own options: it reads the log instead of generating
+        from train.reviewed import main as write_reviewed
+
+        return write_reviewed(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -14,6 +14,7 @@ from PIL import Image
 from common.checkpoint_files import ONNX_FILE, WEIGHTS_FILE
 from common.checkpoints import ModelLoadError
 from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
+from common.inspection_log import Decision, InspectionLog, InspectionLogError
 from pipelines.explanation import ExplanationError
 from pipelines.registry import ClassifierRegistry, LazySegmenter
 
@@ -25,12 +26,16 @@ RAW_UPLOAD = {"preprocess": False}
 
 @dataclass(frozen=True)
 class TabContext:
-    """What a tab's builder needs: the models the app serves, the upload limit and the page."""
+    """What a tab's builder needs: the models the app serves, the upload limit, the page and the log.
+
+    ``inspection_log`` is where every decision is recorded; None when the log is off.
+    """
 
     registry: ClassifierRegistry
     segmenter: LazySegmenter
     demo: gr.Blocks
     max_file_bytes: int = MAX_FILE_BYTES
+    inspection_log: InspectionLog | None = None
 
     def classifier_dropdown(self, **options) -> gr.Dropdown:
         """A "Classifier" dropdown over the registry's choices, set to the default model."""
@@ -43,6 +48,16 @@ class TabContext:
         if source is None:
             raise gr.Error("No image yet: upload a photo, take one with the webcam, or paste one first.")
         return load_image(source, max_bytes=self.max_file_bytes)
+
+    def record_decision(self, decision: Decision, image_bytes: bytes | None = None) -> int | None:
+        """Log one decision (its image too when the log stores images); None when the log is off.
+
+        Raises:
+            common.inspection_log.InspectionLogError: the log cannot be written; the request must fail.
+        """
+        if self.inspection_log is None:
+            return None
+        return self.inspection_log.record(decision, image_bytes)
 
 
 def uploaded_image(payload) -> str | bytes | None:
@@ -63,6 +78,30 @@ def uploaded_image(payload) -> str | bytes | None:
     return payload.get("path")
 
 
+def uploaded_bytes(payload) -> bytes | None:
+    """The bytes of the file behind a raw ``gr.Image`` payload, as uploaded: what the log hashes and stores.
+
+    Call it after :meth:`TabContext.read_upload`, which has applied the size limit.
+
+    Raises:
+        ImageLoadError: the file cannot be read.
+    """
+    source = uploaded_image(payload)
+    if source is None or isinstance(source, bytes):
+        return source
+    try:
+        return Path(source).read_bytes()
+    except OSError as error:
+        raise ImageLoadError(source, f"it cannot be read ({error.strerror})") from error
+
+
+def uploaded_name(payload) -> str | None:
+    """The file name the user's browser gave an upload (None for a webcam shot or a pasted image)."""
+    if isinstance(payload, dict):
+        return payload.get("orig_name") or None
+    return Path(payload).name if isinstance(payload, str) and payload else None
+
+
 def user_facing(handler: Callable) -> Callable:
     """Turn our errors into a ``gr.Error`` with their message; never a traceback in the UI."""
 
@@ -76,7 +115,7 @@ def user_facing(handler: Callable) -> Callable:
             raise gr.Error(
                 f"Cannot read image '{Path(error.source).name}': {error.reason}", print_exception=False
             ) from None
-        except (ModelLoadError, ExplanationError) as error:
+        except (ModelLoadError, ExplanationError, InspectionLogError) as error:
             raise gr.Error(str(error), print_exception=False) from None
         except Exception as error:
             logger.exception("unexpected error in %s", handler.__name__)

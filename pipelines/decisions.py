@@ -1,0 +1,207 @@
+"""Pipeline results -> the inspection log's ``Decision``: the answer, its scores, flags and model.
+
+Flags say why a person should look (``common.inspection_log.FLAGS``):
+
+- ``unknown``: the open-set rule said the image shows none of the classes;
+- ``low_confidence``: the top score is below ``low_confidence`` (raw or calibrated, as served);
+- ``defective``: the segmenter painted defects;
+- ``disagree``: two models contradict each other: stage 1 says a defect type is present but the
+  segmenter paints nothing, the segmenter alone paints defects that stage 1 ruled out (known
+  only when the result kept its probabilities), or a second classifier's top class differs.
+
+The model fingerprint is the SHA-256 of the weights the model was loaded from, so a row says
+which weights decided even after a checkpoint directory is overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.checkpoint_files import MIN_AREA_KEY, WEIGHTS_FILE
+from common.image_store import image_sha256
+from common.inspection_log import Decision
+
+if TYPE_CHECKING:
+    from pipelines.classification import Classification, ImageClassifier
+    from pipelines.segmentation import DefectSegmenter, Segmentation
+
+__all__ = [
+    "DEFAULT_LOW_CONFIDENCE",
+    "classification_decision",
+    "image_sha256",
+    "model_fingerprint",
+    "segmentation_decision",
+]
+
+# Below this top score a classification waits for review. 0.5: under it another class (or several
+# together) is at least as likely as the answer.
+DEFAULT_LOW_CONFIDENCE = 0.5
+# Scores kept per classification: the top ones, enough to see the runner-up without storing 1000.
+TOP_SCORES = 5
+
+_fingerprints: dict[tuple[str, int, int], str] = {}
+_fingerprint_lock = threading.Lock()
+
+
+def _weight_files(directory: Path) -> list[Path]:
+    """The weights a checkpoint directory was loaded from: its safetensors file, else its shards or .bin."""
+    if (directory / WEIGHTS_FILE).is_file():
+        return [directory / WEIGHTS_FILE]
+    return sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+
+
+def model_fingerprint(directory: str | os.PathLike | None) -> str | None:
+    """SHA-256 of a checkpoint directory's weights (``sha256sum model.safetensors``); None without a directory.
+
+    Several weight files (shards) are hashed together, in name order. Computed once per directory
+    and weights version (path, size and modification time) and then cached: hashing 20 MB per
+    request would cost more than classifying.
+    """
+    if directory is None:
+        return None
+    files = _weight_files(Path(directory))
+    if not files:
+        return None
+    stats = [file.stat() for file in files]
+    key = (
+        str(Path(directory).resolve()),
+        sum(stat.st_size for stat in stats),
+        max(stat.st_mtime_ns for stat in stats),
+    )
+    with _fingerprint_lock:
+        if key not in _fingerprints:
+            digest = hashlib.sha256()
+            for file in files:
+                with open(file, "rb") as stream:
+                    for block in iter(lambda: stream.read(1 << 20), b""):
+                        digest.update(block)
+            _fingerprints[key] = digest.hexdigest()
+        return _fingerprints[key]
+
+
+def classification_decision(
+    result: Classification,
+    classifier: ImageClassifier,
+    image: bytes,
+    *,
+    channel: str,
+    file_name: str | None = None,
+    low_confidence: float = DEFAULT_LOW_CONFIDENCE,
+    other: Classification | None = None,
+) -> Decision:
+    """The log's record of one classification.
+
+    Args:
+        result: ``classifier.classify(...)`` of the image.
+        classifier: The classifier that answered (its source, weights and thresholds are recorded).
+        image: The uploaded file's bytes (hashed; the log may store them).
+        channel: The tab or ``"api"`` that asked.
+        file_name: The name the user gave the file.
+        low_confidence: Top scores below this are flagged ``low_confidence``.
+        other: A second classifier's answer for the same image; a different top class is ``disagree``.
+    """
+    best = result.predictions[0]
+    flags = []
+    if result.unknown:
+        flags.append("unknown")
+    if best.score < low_confidence:
+        flags.append("low_confidence")
+    if other is not None and other.predictions and other.predictions[0].label != best.label:
+        flags.append("disagree")
+    trust = classifier.trust
+    thresholds = {"low_confidence": low_confidence, "temperature": trust.temperature}
+    if trust.rejection is not None:
+        # The open-set rule, with this image's score on it beside the threshold it was held to.
+        thresholds["rejection"] = {"method": trust.rejection.method, "threshold": float(trust.rejection.threshold)}
+        if result.open_set_score is not None:
+            thresholds["rejection"]["score"] = float(result.open_set_score)
+    if trust.thresholds is not None:
+        thresholds["per_class"] = [float(value) for value in trust.thresholds]
+    scores = {prediction.label: float(prediction.score) for prediction in result.predictions[:TOP_SCORES]}
+    return Decision(
+        task="classify",
+        channel=channel,
+        image_sha256=image_sha256(image),
+        file_name=file_name,
+        model_source=classifier.source,
+        model_fingerprint=model_fingerprint(classifier.checkpoint_dir),
+        thresholds=thresholds,
+        answer=best.label,
+        confidence=float(best.score),
+        scores=scores,
+        unknown=bool(result.unknown),
+        flags=tuple(flags),
+    )
+
+
+def segmentation_decision(
+    result: Segmentation,
+    segmenter: DefectSegmenter,
+    image: bytes,
+    *,
+    channel: str,
+    file_name: str | None = None,
+    min_area: dict[int, int] | int | None = None,
+) -> Decision:
+    """The log's record of one segmentation (with its stage-1 verdict when there is a stage 1).
+
+    Args:
+        result: ``segmenter.segment(...)`` of the image; with ``return_probabilities=True`` the
+            "segmenter alone paints what stage 1 ruled out" disagreement can be seen too.
+        segmenter: The segmenter that answered.
+        image: The uploaded file's bytes.
+        channel: The tab or ``"api"`` that asked.
+        file_name: The name the user gave the file.
+        min_area: The minimum areas the call used (None: the tuned ones).
+    """
+    found = [region for region in result.regions if region.present]
+    answer = "defective: " + ", ".join(region.label for region in found) if found else "clean"
+    scores = {}
+    for region in result.regions:
+        scores[region.label] = {"area": float(region.area_fraction), "confidence": float(region.confidence)}
+        if result.stage1 is not None:
+            scores[region.label]["stage1"] = float(result.stage1[region.label])
+    flags = ["defective"] if result.defective else []
+    if result.stage1 is not None and _stages_disagree(result):
+        flags.append("disagree")
+    areas = segmenter.min_areas(min_area)
+    thresholds = {MIN_AREA_KEY: {region.label: areas[region.class_id] for region in result.regions}}
+    stage1 = segmenter.stage1
+    fingerprint = model_fingerprint(getattr(segmenter.model.config, "_name_or_path", None) or None)
+    source = segmenter.source
+    if stage1 is not None:
+        thresholds["stage1"] = {
+            label: float(value) for label, value in segmenter.describe()["stage1"]["thresholds"].items()
+        }
+        source = f"{segmenter.source} + {stage1.source}"
+        fingerprint = f"{fingerprint}+{model_fingerprint(stage1.checkpoint_dir)}"
+    return Decision(
+        task="segment",
+        channel=channel,
+        image_sha256=image_sha256(image),
+        file_name=file_name,
+        model_source=source,
+        model_fingerprint=fingerprint,
+        thresholds=thresholds,
+        answer=answer,
+        confidence=max((float(region.confidence) for region in found), default=None),
+        scores=scores,
+        defective=bool(result.defective),
+        flags=tuple(flags),
+    )
+
+
+def _stages_disagree(result: Segmentation) -> bool:
+    """Stage 1 keeps a defect type but nothing is painted, or the segmenter alone painted a ruled-out type."""
+    kept_by_stage1 = [region for region in result.regions if not region.ruled_out]
+    if kept_by_stage1 and not result.defective:
+        return True
+    if result.probabilities is not None:
+        # Before stage 1 and the minimum areas: the segmenter's own argmax.
+        painted = set(result.probabilities.argmax(axis=0).ravel().tolist()) - {0}
+        return any(region.ruled_out and region.class_id in painted for region in result.regions)
+    return False
