@@ -442,3 +442,33 @@ def test_an_onnx_export_of_float16_weights_keeps_the_cast_note(tiny_resnet_dir, 
     card = (out / MODEL_CARD_FILE).read_text()
     assert card.count("## Export") == 1
     assert "cast to float16" in card and "top-1 agreement with eager" in card
+
+
+@pytest.mark.parametrize("count, stride", [(100, 5), (40, 8), (36, 6), (7, 7), (13, 1), (1, 1)])
+def test_calibration_stride_divides_the_images(count, stride):
+    from train.export.quantize import calibration_stride
+
+    assert calibration_stride(count) == stride
+
+
+def test_minmax_calibration_measures_every_image_not_only_the_last_chunk(tiny_resnet_onnx_dir, tmp_path):
+    # The widest input is the first of 17 images: its range must reach the quantized graph's input
+    # scale. (onnxruntime 1.32's CalibMaxIntermediateOutputs drops all but the last count % N images.)
+    from onnx import numpy_helper
+
+    from common.checkpoint_files import ONNX_FILE
+    from common.onnx_network import INPUT_NAME
+    from train.export.quantize import Variant, prepare_for_quantization, quantize
+
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(-1, 1, (1, 3, 32, 32)).astype(np.float32) for _ in range(17)]
+    images[0] *= 40.0
+    prepared = prepare_for_quantization(tiny_resnet_onnx_dir / ONNX_FILE, tmp_path / "prepared.onnx")
+    figures = quantize(prepared, tmp_path / "int8.onnx", Variant("minmax"), images)
+    assert figures["calibration_images"] == 17
+    graph = onnx.load(str(tmp_path / "int8.onnx")).graph
+    initializers = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    node = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME)
+    scale = float(initializers[node.input[1]])
+    widest = float(np.abs(images[0]).max())
+    assert scale * 127 >= 0.99 * widest, (scale * 127, widest)

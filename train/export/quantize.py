@@ -42,7 +42,11 @@ QUANTIZE_MODES = (STATIC, DYNAMIC)
 # its unclipped input (hundreds for a depthwise conv), which is far worse than quantizing both.
 _FOLLOWING_ACTIVATIONS = {"Clip", "Relu"}
 _LINEAR_OPS = {"Conv", "Gemm", "MatMul"}
-CALIBRATION_MERGE_EVERY = 8
+# MinMax calibration measures this many images at a time and merges their ranges (ORT's
+# CalibStridedMinMax), so memory stays bounded (a 256x1600 SegFormer's intermediate tensors are
+# GBs per few images). Not CalibMaxIntermediateOutputs: onnxruntime 1.32's MinMaxCalibrater drops
+# what it collected at that count without merging it, so only the last few images would count.
+CALIBRATION_CHUNK = 8
 
 
 def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
@@ -136,13 +140,17 @@ class Variant:
     activation_type: str = "QInt8"
     max_images: int | None = None
 
-    def options(self) -> dict:
-        """The ``extra_options`` passed to ORT."""
+    def options(self, calibration_images: int | None = None) -> dict:
+        """The ``extra_options`` passed to ORT for ``calibration_images`` images."""
         options = dict(self.extra_options)
-        if self.mode == STATIC and self.method == "MinMax" and not options.get("CalibMovingAverage"):
-            # MinMax keeps every intermediate tensor of every image until the end unless told to
-            # merge as it goes: the same ranges in bounded memory (a 256x1600 SegFormer's are GBs).
-            options.setdefault("CalibMaxIntermediateOutputs", CALIBRATION_MERGE_EVERY)
+        if (
+            self.mode == STATIC
+            and self.method == "MinMax"
+            and not options.get("CalibMovingAverage")
+            and calibration_images
+        ):
+            # Min and max merge exactly, so measuring in chunks gives the ranges of all images at once.
+            options.setdefault("CalibStridedMinMax", calibration_stride(calibration_images))
         return options
 
     def settings(self) -> dict:
@@ -205,11 +213,30 @@ def prepare_for_quantization(fp32_path: str | os.PathLike, path: str | os.PathLi
     return Path(path)
 
 
+def calibration_stride(count: int) -> int:
+    """Images per calibration chunk: the largest divisor of ``count`` up to ``CALIBRATION_CHUNK``.
+
+    ORT refuses a stride that does not divide the number of images, and dropping images would
+    change the ranges.
+    """
+    return max(d for d in range(1, min(CALIBRATION_CHUNK, count) + 1) if count % d == 0)
+
+
 class _Inputs(CalibrationDataReader):
-    """Served ``pixel_values`` for calibration, one batch of one per call (images differ in size)."""
+    """Served ``pixel_values`` for calibration, one batch of one per call (images differ in size).
+
+    ``set_range`` is how ORT's strided MinMax calibration walks the images a chunk at a time.
+    """
 
     def __init__(self, inputs: Sequence[np.ndarray]):
-        self._inputs = iter(inputs)
+        self._all = list(inputs)
+        self.set_range(0, len(self._all))
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._inputs = iter(self._all[start_index:end_index])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         array = next(self._inputs, None)
@@ -262,6 +289,6 @@ def quantize(
         weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod[variant.method],
         nodes_to_exclude=excluded,
-        extra_options=variant.options(),
+        extra_options=variant.options(len(images)),
     )
     return {"float_nodes": len(excluded), "calibration_images": len(images)}
