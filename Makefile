@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.sha256
 ARGS ?=
 
-.PHONY: venv run test lint bench bench-explain bench-localisation bench-train clean-venv
+.PHONY: venv run test lint bench bench-explain bench-localisation bench-train bench-export clean-venv
 
 # (Re)install only when requirements.txt or requirements-serve.txt (which it includes) changed since
 # the last successful install.
@@ -59,6 +59,11 @@ $(LOC_RUN)/model.safetensors: $(LOC_DATA)/dataset_info.json | venv
 		--train_dir $(LOC_DATA)/train --validation_dir $(LOC_DATA)/validation --test_dir $(LOC_DATA)/test \
 		--learning_rate 1e-3 --per_device_train_batch_size 32 --num_train_epochs 4 --seed 0 --disable_tqdm true \
 		--output_dir $(LOC_RUN) --overwrite_output_dir true
+
+# Eager vs ONNX float32 vs int8 (default classifier, demo pair, pipeline overhead); exports go to
+# bench/results/export/ (reused while their command is unchanged), the JSON to bench/results/export.json.
+bench-export: venv
+	$(PY) -m bench.export $(ARGS)
 
 # Fine-tunes the default model: digits (fp32, then bf16) and parts; see bench/train_classification.py.
 bench-train: venv
