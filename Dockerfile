@@ -15,10 +15,11 @@ ENV LANG=C.UTF-8 \
     HF_HUB_OFFLINE=1 \
     GRADIO_ANALYTICS_ENABLED=False \
     VISPECT_CACHE=/var/cache/vispect \
+    VISPECT_DATA=/var/lib/vispect \
     MPLCONFIGDIR=/tmp/matplotlib
 RUN groupadd --gid 1000 app \
     && useradd --uid 1000 --gid app --create-home --shell /usr/sbin/nologin app \
-    && install -d -o app -g app "$VISPECT_CACHE"
+    && install -d -o app -g app "$VISPECT_CACHE" "$VISPECT_DATA"
 
 # PyPI's torch wheel for Linux depends on CUDA packages (several GB) that a CPU never uses. Its CUDA
 # build links most of them, so `import torch` fails without them even on a CPU; these it does not
@@ -70,6 +71,8 @@ USER 1000:1000
 # in the image. Then make the cache readable by any uid, for runtimes that pick their own (the
 # conversion writes some files 0600).
 RUN python -m pipelines.prepare && chmod -R a+rX "$VISPECT_CACHE"
+# The inspection log (SQLite) and, with --store-images, the images: mount a volume to keep them.
+VOLUME /var/lib/vispect
 EXPOSE 7860
 # Python as PID 1 ignores SIGTERM (no handler); SIGINT stops Gradio's server cleanly.
 STOPSIGNAL SIGINT

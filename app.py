@@ -4,9 +4,11 @@ Arguments, model sources and launch only; the tabs are built in ``ui/``. ``demo`
 import without loading any model or starting a server, so tests can import and launch it.
 
     python app.py [--classifier DIR_OR_HUB_ID ...] [--segmenter DIR [--stage1 DIR]] [--runtime auto|torch|onnx]
-                  [--share] [--port 7860] [--api-key KEY]
+                  [--share] [--port 7860] [--api-key KEY] [--log-db URL|off] [--store-images]
 
 Beside the page and Gradio's API, the same server answers the REST API in ``api/`` (``/api/v1``).
+Every decision (every tab, every REST answer) is recorded in the inspection log
+(``common/inspection_log.py``), which the History tab and ``/api/v1/inspections`` read.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ from fastapi import APIRouter
 from api import API_KEY_ENV, ApiLimits, create_api_router, gradio_app_kwargs
 from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import MAX_FILE_BYTES
+from common.inspection_log import DATA_ENV, IMAGES_FOLDER, InspectionLog, InspectionLogError, data_dir, default_url
 from pipelines.registry import PROJECT_MODELS_DIR, ClassifierRegistry, LazySegmenter
 from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 from ui import TITLE, build_demo
+
+LOG_OFF = "off"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,8 +58,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=2, help="requests processed at the same time")
     parser.add_argument(
         "--api-key",
-        help=f"require this key (X-API-Key header or 'Authorization: Bearer') on the REST API's classify and "
-        f"segment (default: ${API_KEY_ENV}; without either, the REST API is open)",
+        help=f"require this key (X-API-Key header or 'Authorization: Bearer') on the REST API's classify, "
+        f"segment and inspections routes (default: ${API_KEY_ENV}; without either, the REST API is open)",
+    )
+    parser.add_argument(
+        "--log-db",
+        metavar="URL",
+        help=f"where decisions are recorded: an SQLAlchemy URL (sqlite:////path/inspections.db, "
+        f"postgresql+psycopg://user:password@host/database) or 'off' to record nothing (default: "
+        f"{default_url()}, under ${DATA_ENV} when set)",
+    )
+    parser.add_argument(
+        "--store-images",
+        action="store_true",
+        help=f"also keep each decided image, once per content, in {data_dir() / IMAGES_FOLDER} (default off: the "
+        "log holds hashes, not pictures)",
     )
     args = parser.parse_args(argv)
     args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
@@ -67,9 +85,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{flag} must be at least {low}, got {value}")
     if args.max_file_mb <= 0:
         parser.error(f"--max-file-mb must be positive, got {args.max_file_mb}")
+    if args.store_images and args.log_db == LOG_OFF:
+        parser.error("--store-images needs the log: drop --log-db off, or drop --store-images")
     if args.stage1 and not args.segmenter:
         parser.error("--stage1 goes with --segmenter: name the segmenter it belongs to (e.g. models/steel-segformer)")
     return args
+
+
+def open_inspection_log(args: argparse.Namespace) -> InspectionLog | None:
+    """The log ``--log-db`` names (the default SQLite file without it); None for ``off``, said once on stderr.
+
+    Raises:
+        InspectionLogError: the database cannot be opened or written; the message names it and the fix.
+    """
+    if args.log_db == LOG_OFF:
+        print(
+            "The inspection log is off (--log-db off): decisions are not recorded and the History tab is empty.",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+    return InspectionLog.open(args.log_db, store_images=args.store_images)
 
 
 def launch_app(
@@ -112,6 +148,11 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cli = parse_args()
     try:
+        # First, so that a database that is down stops the app before models take minutes to load.
+        inspection_log = open_inspection_log(cli)
+    except InspectionLogError as error:
+        sys.exit(f"error: {error}")
+    try:
         for source in cli.classifier:
             resolve_checkpoint(source)  # a mistyped path fails now, not at the first request
         registry = ClassifierRegistry.from_sources(cli.classifier, models_dir=cli.models_dir, runtime=cli.runtime)
@@ -124,6 +165,7 @@ if __name__ == "__main__":
         else LazySegmenter.from_models_dir(cli.models_dir, runtime=cli.runtime)
     )
     max_file_bytes = int(cli.max_file_mb * 2**20)
-    demo = build_demo(registry, segmenter_source, max_file_bytes=max_file_bytes)
+    demo = build_demo(registry, segmenter_source, max_file_bytes=max_file_bytes, inspection_log=inspection_log)
     limits = ApiLimits(max_file_bytes=max_file_bytes, concurrency=cli.concurrency)
-    launch_app(demo, cli, rest_api=create_api_router(registry, segmenter_source, limits, cli.api_key))
+    rest_api = create_api_router(registry, segmenter_source, limits, cli.api_key, inspection_log=inspection_log)
+    launch_app(demo, cli, rest_api=rest_api)

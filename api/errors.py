@@ -11,7 +11,7 @@ import logging
 import struct
 from collections.abc import Callable, Coroutine
 
-from fastapi import HTTPException, Request, Response
+from fastapi import HTTPException, Request, Response, params
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -87,10 +87,20 @@ def _header_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
-def validation_error(error: RequestValidationError) -> ApiError:
-    """FastAPI's 422 for the form fields, in our shape and naming the field."""
+def validation_error(error: RequestValidationError, body: str = "Form field") -> ApiError:
+    """FastAPI's 422 for the form fields, JSON body or query parameters, in our shape and naming the field.
+
+    Args:
+        error: FastAPI's error.
+        body: What to call a field of the body: "Form field" (multipart routes) or "Field" (JSON).
+    """
     problem = error.errors()[0]
-    field = str(problem["loc"][-1]) if problem.get("loc") else "request"
+    location = tuple(problem.get("loc") or ())
+    if problem.get("type") == "json_invalid":
+        return ApiError(422, "bad_json", f"The body is not valid JSON ({problem['msg']}); see /docs for its fields.")
+    if location == ("body",):
+        return ApiError(422, "missing_body", "The request needs a JSON body; see /docs for its fields.")
+    field = str(location[-1]) if location else "request"
     if field == "file":
         return ApiError(
             422,
@@ -98,8 +108,9 @@ def validation_error(error: RequestValidationError) -> ApiError:
             "No image file in the request: send it as the multipart/form-data field 'file' "
             "(curl -F file=@photo.jpg ...).",
         )
+    what = {"query": "Query parameter", "path": "Path parameter"}.get(location[0] if location else "", body)
     fix = _FIELD_FIXES.get(field, "see /docs for what each field takes")
-    message = f"Form field '{field}': {problem['msg']} (got {problem.get('input')!r}); {fix}."
+    message = f"{what} '{field}': {problem['msg']} (got {problem.get('input')!r}); {fix}."
     return ApiError(422, f"bad_{field}", message)
 
 
@@ -133,6 +144,8 @@ def api_route_class(max_file_bytes: int) -> type[APIRoute]:
     class ApiRoute(APIRoute):
         def get_route_handler(self) -> Callable[[Request], Coroutine[None, None, Response]]:
             handle = super().get_route_handler()
+            form = self.body_field is not None and isinstance(self.body_field.field_info, params.Form)
+            body = "Form field" if form else "Field"
 
             async def handle_with_errors(request: Request) -> Response:
                 try:
@@ -140,7 +153,7 @@ def api_route_class(max_file_bytes: int) -> type[APIRoute]:
                 except ApiError as error:
                     return error.response()
                 except RequestValidationError as error:
-                    return validation_error(error).response()
+                    return validation_error(error, body).response()
                 except HTTPException as error:  # FastAPI's own, e.g. a body that is not valid multipart
                     return ApiError(error.status_code, "bad_request", f"{error.detail}.").response()
                 except Exception as error:

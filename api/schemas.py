@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from pydantic import BaseModel, Field
 
 
@@ -45,7 +47,11 @@ class ClassifyResponse(BaseModel):
     unknown: bool = Field(description="True when the model's open-set rule says the image is none of its classes.")
     model: ModelRef
     image: ImageInfo
-    inspection_id: str | None = Field(None, description="Reserved for the inspection log; always null for now.")
+    inspection_id: int | None = Field(
+        None,
+        description="This decision's id in the inspection log (GET /api/v1/inspections/{id}); null when the "
+        "server runs with --log-db off.",
+    )
 
 
 class DefectOut(BaseModel):
@@ -80,7 +86,9 @@ class SegmentResponse(BaseModel):
     stage1: Stage1Verdict | None
     models: SegmenterModels
     image: ImageInfo
-    inspection_id: str | None = Field(None, description="Reserved for the inspection log; always null for now.")
+    inspection_id: int | None = Field(
+        None, description="This decision's id in the inspection log; null when the server runs with --log-db off."
+    )
 
 
 class ClassifierChoice(BaseModel):
@@ -105,4 +113,58 @@ class HealthResponse(BaseModel):
     models: AvailableModels
     versions: dict[str, str | None] = Field(description="app, torch, transformers, onnxruntime, gradio.")
     runtime: str = Field(description="The server's --runtime setting: 'auto', 'torch' or 'onnx'.")
-    api_key_required: bool = Field(description="Whether classify and segment need X-API-Key or a Bearer token.")
+    api_key_required: bool = Field(
+        description="Whether classify, segment and the inspection routes need X-API-Key or a Bearer token."
+    )
+    inspection_log: bool = Field(description="Whether decisions are recorded (false when started with --log-db off).")
+
+
+class ReviewOut(BaseModel):
+    """A person's verdict on a logged decision."""
+
+    inspection_id: int
+    label: str | None = Field(
+        description="The class the image really shows: the answer when accepted, the reviewer's label otherwise; "
+        "null for an accepted 'unknown' (the image is of none of the classes)."
+    )
+    accepted: bool = Field(description="The reviewer accepted the model's answer.")
+    reviewer: str
+    created_at: datetime = Field(description="When the review was stored (UTC).")
+
+
+class ReviewIn(BaseModel):
+    """A review: accept the answer, or give the right label."""
+
+    label: str | None = Field(None, description="The class the image shows; required unless accept is true.")
+    reviewer: str = Field(min_length=1, max_length=200, description="Who reviewed (stored as given).")
+    accept: bool = Field(False, description="The model's answer is right; label is then ignored.")
+
+
+class InspectionOut(BaseModel):
+    """One logged decision with its latest review."""
+
+    id: int
+    created_at: datetime = Field(description="When the decision was made (UTC).")
+    task: str = Field(description="'classify' or 'segment'.")
+    channel: str = Field(description="Where it was asked: 'api', or the app tab ('classify', 'explain', ...).")
+    image_sha256: str = Field(description="SHA-256 (hex) of the image file's bytes, as uploaded.")
+    file_name: str | None = Field(description="The file name the client gave.")
+    model_source: str = Field(description="The model as the server names it (segmentation: 'segmenter + stage1').")
+    model_fingerprint: str | None = Field(
+        description="The same SHA-256 the classify and segment answers give in model.fingerprint."
+    )
+    thresholds: dict = Field(description="The rules in force: low_confidence, temperature, rejection, min_area, ...")
+    answer: str = Field(description="The top label, or for a segmentation 'clean' / 'defective: <classes>'.")
+    confidence: float | None = Field(description="The top score (segmentation: the most confident defect's).")
+    scores: dict = Field(description="The top scores (segmentation: area, confidence and stage-1 score per class).")
+    unknown: bool = Field(description="The open-set rule said the image is none of the classes.")
+    defective: bool | None = Field(description="Segmentation: any defect in the outline; null for a classification.")
+    flags: list[str] = Field(description="Why it waits for review: unknown, low_confidence, defective, disagree.")
+    image_stored: bool = Field(description="The image is kept in the server's image store (--store-images).")
+    review: ReviewOut | None = Field(description="The latest review; null while unreviewed.")
+
+
+class InspectionList(BaseModel):
+    inspections: list[InspectionOut] = Field(description="Newest first.")
+    limit: int
+    offset: int

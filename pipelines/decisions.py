@@ -9,21 +9,20 @@ Flags say why a person should look (``common.inspection_log.FLAGS``):
   segmenter paints nothing, the segmenter alone paints defects that stage 1 ruled out (known
   only when the result kept its probabilities), or a second classifier's top class differs.
 
-The model fingerprint is the SHA-256 of the weights the model was loaded from, so a row says
-which weights decided even after a checkpoint directory is overwritten.
+The model fingerprint is ``pipelines.fingerprints.model_fingerprint``: the SHA-256 of the files
+that serve the model (``model.onnx`` under ONNX Runtime, the safetensors under PyTorch), the same
+string the REST API answers with, so a row says which weights decided even after a checkpoint
+directory is overwritten.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from common.checkpoint_files import MIN_AREA_KEY, WEIGHTS_FILE
+from common.checkpoint_files import MIN_AREA_KEY
 from common.image_store import image_sha256
 from common.inspection_log import Decision
+from pipelines.fingerprints import model_fingerprint
 
 if TYPE_CHECKING:
     from pipelines.classification import Classification, ImageClassifier
@@ -33,7 +32,6 @@ __all__ = [
     "DEFAULT_LOW_CONFIDENCE",
     "classification_decision",
     "image_sha256",
-    "model_fingerprint",
     "segmentation_decision",
 ]
 
@@ -42,45 +40,6 @@ __all__ = [
 DEFAULT_LOW_CONFIDENCE = 0.5
 # Scores kept per classification: the top ones, enough to see the runner-up without storing 1000.
 TOP_SCORES = 5
-
-_fingerprints: dict[tuple[str, int, int], str] = {}
-_fingerprint_lock = threading.Lock()
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    """The weights a checkpoint directory was loaded from: its safetensors file, else its shards or .bin."""
-    if (directory / WEIGHTS_FILE).is_file():
-        return [directory / WEIGHTS_FILE]
-    return sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
-
-
-def model_fingerprint(directory: str | os.PathLike | None) -> str | None:
-    """SHA-256 of a checkpoint directory's weights (``sha256sum model.safetensors``); None without a directory.
-
-    Several weight files (shards) are hashed together, in name order. Computed once per directory
-    and weights version (path, size and modification time) and then cached: hashing 20 MB per
-    request would cost more than classifying.
-    """
-    if directory is None:
-        return None
-    files = _weight_files(Path(directory))
-    if not files:
-        return None
-    stats = [file.stat() for file in files]
-    key = (
-        str(Path(directory).resolve()),
-        sum(stat.st_size for stat in stats),
-        max(stat.st_mtime_ns for stat in stats),
-    )
-    with _fingerprint_lock:
-        if key not in _fingerprints:
-            digest = hashlib.sha256()
-            for file in files:
-                with open(file, "rb") as stream:
-                    for block in iter(lambda: stream.read(1 << 20), b""):
-                        digest.update(block)
-            _fingerprints[key] = digest.hexdigest()
-        return _fingerprints[key]
 
 
 def classification_decision(
@@ -128,7 +87,7 @@ def classification_decision(
         image_sha256=image_sha256(image),
         file_name=file_name,
         model_source=classifier.source,
-        model_fingerprint=model_fingerprint(classifier.checkpoint_dir),
+        model_fingerprint=model_fingerprint(classifier),
         thresholds=thresholds,
         answer=best.label,
         confidence=float(best.score),
@@ -171,14 +130,14 @@ def segmentation_decision(
     areas = segmenter.min_areas(min_area)
     thresholds = {MIN_AREA_KEY: {region.label: areas[region.class_id] for region in result.regions}}
     stage1 = segmenter.stage1
-    fingerprint = model_fingerprint(getattr(segmenter.model.config, "_name_or_path", None) or None)
+    fingerprint = model_fingerprint(segmenter)
     source = segmenter.source
     if stage1 is not None:
         thresholds["stage1"] = {
             label: float(value) for label, value in segmenter.describe()["stage1"]["thresholds"].items()
         }
         source = f"{segmenter.source} + {stage1.source}"
-        fingerprint = f"{fingerprint}+{model_fingerprint(stage1.checkpoint_dir)}"
+        fingerprint = f"{fingerprint}+{model_fingerprint(stage1)}"
     return Decision(
         task="segment",
         channel=channel,

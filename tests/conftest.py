@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Tests never touch the network: a hub id must fail fast with our message, not retry.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# Nor the user's inspection log: app.py started without --log-db (here or in a subprocess, which
+# inherits this) logs to a throw-away data folder, not to ~/.local/share/vispect.
+os.environ["VISPECT_DATA"] = tempfile.mkdtemp(prefix="vispect-test-data-")
 
 import numpy as np
 import pytest

@@ -19,11 +19,11 @@ from PIL import Image
 
 import app
 from api import create_api_router
-from api.fingerprints import served_weight_files
 from api.routes import ApiLimits
 from bench.common import free_port, stop_process, wait_for_http
 from common.rle import rle_decode
 from pipelines.examples import example_photos
+from pipelines.fingerprints import model_fingerprint, served_weight_files
 from pipelines.registry import ClassifierRegistry, LazySegmenter
 from ui import build_demo
 
@@ -278,13 +278,29 @@ def test_health_answers_while_models_are_busy(client):
 
 def test_the_openapi_schema_describes_the_rest_routes(client):
     schema = client.get("/openapi.json").json()
-    assert set(schema["paths"]) == {"/api/v1/health", "/api/v1/classify", "/api/v1/segment"}
+    assert set(schema["paths"]) == {
+        "/api/v1/health",
+        "/api/v1/classify",
+        "/api/v1/segment",
+        "/api/v1/inspections",
+        "/api/v1/inspections/{inspection_id}",
+        "/api/v1/inspections/{inspection_id}/review",
+    }
     classify_op = schema["paths"]["/api/v1/classify"]["post"]
     form = classify_op["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert set(schema["components"]["schemas"][form]["properties"]) == {"file", "model", "top_k"}
     assert classify_op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("ClassifyResponse")
     assert classify_op["responses"]["413"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorResponse")
     assert {"ClassifyResponse", "SegmentResponse", "HealthResponse"} <= set(schema["components"]["schemas"])
+    listing = schema["paths"]["/api/v1/inspections"]["get"]
+    assert {parameter["name"] for parameter in listing["parameters"]} == {
+        "limit", "offset", "flag", "task", "since", "model"
+    }  # fmt: skip
+    assert listing["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("InspectionList")
+    review = schema["paths"]["/api/v1/inspections/{inspection_id}/review"]["post"]
+    body = review["requestBody"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+    assert set(schema["components"]["schemas"][body]["properties"]) == {"label", "reviewer", "accept"}
+    assert {"InspectionOut", "ReviewOut"} <= set(schema["components"]["schemas"])
     docs = client.get("/docs")
     assert docs.status_code == 200 and "/openapi.json" in docs.text
     assert client.get("/").status_code == 200  # the Gradio page is still there
@@ -356,7 +372,6 @@ def test_app_py_serves_the_rest_api_with_its_key(tmp_path):
 
 
 def test_the_fingerprint_hashes_what_serves_the_model(tiny_vit_dir, tiny_vit_onnx_dir):
-    from api.fingerprints import Fingerprints
     from common.checkpoint_files import ONNX_FILE, WEIGHTS_FILE
     from pipelines.classification import ImageClassifier
 
@@ -364,11 +379,10 @@ def test_the_fingerprint_hashes_what_serves_the_model(tiny_vit_dir, tiny_vit_onn
     exported = ImageClassifier.from_pretrained(tiny_vit_onnx_dir, runtime="auto")
     assert served_weight_files(eager) == [Path(tiny_vit_dir) / WEIGHTS_FILE]
     assert served_weight_files(exported) == [Path(tiny_vit_onnx_dir) / ONNX_FILE]
-    fingerprints = Fingerprints()
     for classifier, file in ((eager, WEIGHTS_FILE), (exported, ONNX_FILE)):
         expected = hashlib.sha256((Path(classifier.checkpoint_dir) / file).read_bytes()).hexdigest()
-        assert fingerprints.of(classifier) == expected
+        assert model_fingerprint(classifier) == expected
     # Copies of the same weights hash alike; the ONNX graph is another file, so another fingerprint.
     copy = ImageClassifier.from_pretrained(tiny_vit_onnx_dir, runtime="torch")  # export_onnx_copy copied the weights
-    assert fingerprints.of(copy) == fingerprints.of(eager)
-    assert fingerprints.of(exported) != fingerprints.of(eager)
+    assert model_fingerprint(copy) == model_fingerprint(eager)
+    assert model_fingerprint(exported) != model_fingerprint(eager)

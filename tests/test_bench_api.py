@@ -66,3 +66,24 @@ def test_bad_round_counts_are_refused_by_name(argv, capsys):
     with pytest.raises(SystemExit):
         api.parse_args(argv)
     assert argv[0] in capsys.readouterr().err
+
+
+def test_the_log_cost_is_the_logged_rest_median_against_the_log_off_one():
+    latency = {"pipeline_end_to_end": stats(80.0), "rest_request": stats(100.0), "rest_request_logged": stats(104.0)}
+    assert api.log_cost(latency) == {
+        "rest_logged_median_ms": 104.0,
+        "rest_log_off_median_ms": 100.0,
+        "added_ms": 4.0,
+        "ratio": 1.04,
+    }
+    assert api.log_cost({"pipeline_end_to_end": stats(80.0), "rest_request": stats(100.0)}) is None
+    ratios, goals = api.goal_report(latency)
+    report = {
+        "machine": {"cores_usable": 2, "torch_threads": 2, "cpu_model": "AMD EPYC 7B13"},
+        "cpu_inference_flags": [],
+        "latency": latency,
+        "ratios": ratios,
+        "log_cost": api.log_cost(latency),
+        "goals": goals,
+    }
+    assert "inspection log (SQLite): +4.00 ms per REST request, logged/off ratio 1.040" in api.summary_text(report)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 import app
+from bench.common import free_port
 from pipelines.examples import example_photos
+from pipelines.registry import LazySegmenter
+from ui import build_demo
 
 STEEL = Path(__file__).resolve().parents[1] / "examples" / "steel"
 CAT_LABELS = ("tiger cat", "Egyptian cat", "tabby, tabby cat")
@@ -39,22 +42,51 @@ def _require_chromium():
 
 
 @pytest.fixture(scope="module")
-def page():
+def browser():
+    """One Chromium for the module (Playwright's sync API runs one instance per thread)."""
     _require_chromium()
     from playwright.sync_api import sync_playwright
 
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def _new_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)  # a shared 2-core machine can be slow to render
+    page.goto(url, wait_until="networkidle")
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser):
     app.demo.queue(default_concurrency_limit=2)
     app.demo.launch(prevent_thread_lock=True, show_error=True, quiet=True)
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.set_default_timeout(120_000)  # a shared 2-core machine can be slow to render
-            page.goto(app.demo.local_url, wait_until="networkidle")
-            yield page
-            browser.close()
+        yield _new_page(browser, app.demo.local_url)
     finally:
         app.demo.close()
+
+
+@pytest.fixture(scope="module")
+def logged(browser, tmp_path_factory):
+    """(page, log) of the app started as ``app.py --log-db sqlite:///... --store-images`` with a fresh data folder."""
+    folder = tmp_path_factory.mktemp("logged-app")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VISPECT_DATA", str(folder))  # the image store goes there
+        args = app.parse_args(
+            ["--port", str(free_port()), "--log-db", f"sqlite:///{folder / 'inspections.db'}", "--store-images"]
+        )
+        log = app.open_inspection_log(args)
+    demo = build_demo(app.registry, LazySegmenter.from_models_dir(), inspection_log=log)
+    app.launch_app(demo, args, prevent_thread_lock=True)
+    try:
+        yield _new_page(browser, demo.local_url), log
+    finally:
+        demo.close()
+        log.close()
 
 
 def _upload(page, path, into: str = ""):
@@ -235,3 +267,41 @@ def test_inspect_a_zip_of_photos_and_download_the_csv(page, tmp_path):
     ]
     assert all(row["flagged"] == "true" for row in rows)
     assert rows[0]["label_1"] in CAT_LABELS and "notes.png" in rows[3]["error"]
+
+
+def test_classify_a_few_images_then_review_the_flagged_one_in_history(logged, tmp_path):
+    """Two sure answers and one noise image (top score about 14%, so flagged); its review takes it off the queue."""
+    import numpy as np
+    from PIL import Image
+
+    page, log = logged
+    noise = tmp_path / "noise.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (224, 224, 3), dtype=np.uint8)).save(noise)
+    photos = [path for path in example_photos() if path.name in ("coffee.png", "camera.png")]
+    for number, path in enumerate([*photos, noise], start=1):
+        _fresh(page)
+        _upload(page, path)  # an upload classifies at once
+        _text_when(page, "#verdict", f"Logged as inspection #{number}.")
+    assert [item.file_name for item in log.list()] == ["noise.png", "camera.png", "coffee.png"]
+    flagged = log.list()[0]
+    assert flagged.flags == ("low_confidence",) and flagged.image_stored
+
+    page.get_by_role("tab", name="History", exact=True).click()
+    page.get_by_role("button", name="Search", exact=True).click()
+    table = _text_when(page, "#history-table", "noise.png")
+    assert all(name in table for name in ("coffee.png", "camera.png")) and "waiting" in table
+    page.get_by_role("button", name="Refresh the queue").click()
+    _text_when(page, "#queue-summary", "1 flagged decision waiting")
+    queue = page.locator("#review-queue")
+    queue.get_by_text("noise.png").filter(visible=True).first.click()  # selecting the row opens the decision
+    details = _text_when(page, "#inspection-details", f"#{flagged.id}:")
+    assert "Waiting for review" in details and "low_confidence" in details
+    page.locator("#inspection-image img").first.wait_for(timeout=30_000)  # stored with --store-images
+    _screenshot(page, "history")
+
+    page.get_by_label("Reviewer").fill("Ann")
+    page.get_by_role("button", name="Accept", exact=True).click()
+    assert f"#{flagged.id}: Ann accepted" in _text_when(page, "#review-message", "Ann accepted")
+    _text_when(page, "#queue-summary", "0 flagged decisions waiting")
+    assert "noise.png" not in queue.text_content()  # it left the queue
+    assert log.get(flagged.id).review.reviewer == "Ann" and log.queue() == []

@@ -13,9 +13,10 @@ from PIL import Image
 
 from common.calibration import CalibrationRecord, OpenSetRule
 from common.checkpoint_files import WEIGHTS_FILE
-from pipelines import decisions
+from pipelines import fingerprints
 from pipelines.classification import Classification, ImageClassifier, Prediction
-from pipelines.decisions import classification_decision, model_fingerprint, segmentation_decision
+from pipelines.decisions import classification_decision, segmentation_decision
+from pipelines.fingerprints import model_fingerprint
 from pipelines.segmentation import DefectSegmenter
 from tests.conftest import save_tiny_stage1, tiny_segformer_config
 
@@ -81,16 +82,28 @@ def test_the_open_set_rule_is_recorded_with_the_images_score(tiny_vit_dir, tmp_p
     assert rejection["score"] == pytest.approx(result.open_set_score) and decision.thresholds["temperature"] == 1.5
 
 
-def test_the_fingerprint_is_computed_once_per_weights(tmp_path, monkeypatch):
-    (tmp_path / WEIGHTS_FILE).write_bytes(b"weights")
-    expected = hashlib.sha256(b"weights").hexdigest()
-    assert model_fingerprint(tmp_path) == expected
-    monkeypatch.setattr(decisions.hashlib, "sha256", None)  # a second hash would fail
-    assert model_fingerprint(tmp_path) == expected
+def test_the_fingerprint_is_computed_once_per_model_and_is_the_rest_apis(tiny_vit_dir, tmp_path, monkeypatch):
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(tiny_vit_dir, checkpoint)
+    classifier = ImageClassifier.from_pretrained(checkpoint, runtime="torch")
+    expected = hashlib.sha256((checkpoint / WEIGHTS_FILE).read_bytes()).hexdigest()
+    assert model_fingerprint(classifier) == expected
+    monkeypatch.setattr(fingerprints.hashlib, "sha256", None)  # a second hash would fail
+    assert model_fingerprint(classifier) == expected
+    # The weights in memory decided, so replacing the file does not change the loaded model's fingerprint...
+    # (replaced, not rewritten in place: the loaded weights are memory-mapped from the old file)
+    (checkpoint / "retrained.safetensors").write_bytes(b"new weights!")
+    (checkpoint / "retrained.safetensors").replace(checkpoint / WEIGHTS_FILE)
+    assert model_fingerprint(classifier) == expected
     monkeypatch.undo()
-    (tmp_path / WEIGHTS_FILE).write_bytes(b"new weights!")  # other size: a new fingerprint
-    assert model_fingerprint(tmp_path) == hashlib.sha256(b"new weights!").hexdigest()
-    assert model_fingerprint(None) is None and model_fingerprint(tmp_path / "missing") is None
+    # ...while a model loaded afterwards is a new object, hashed anew.
+    reloaded = ImageClassifier.from_pretrained(tiny_vit_dir, runtime="torch")
+    reloaded.model.config._name_or_path = str(checkpoint)
+    assert model_fingerprint(reloaded) == hashlib.sha256(b"new weights!").hexdigest()
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    decision = classification_decision(classifier.classify(png.getvalue()), classifier, png.getvalue(), channel="api")
+    assert decision.model_fingerprint == expected  # the log's string is the one the REST API answers with
 
 
 def _logits(painted_class: int | None, size=(16, 16)) -> torch.Tensor:

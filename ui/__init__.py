@@ -9,8 +9,9 @@ from __future__ import annotations
 import gradio as gr
 
 from common.image_io import MAX_FILE_BYTES
+from common.inspection_log import InspectionLog
 from pipelines.registry import ClassifierRegistry, LazySegmenter
-from ui import classify, explain, inspect, model, segment
+from ui import classify, explain, history, inspect, model, segment
 from ui.common import TabContext
 
 TITLE = "Visual inspection toolkit"
@@ -20,16 +21,22 @@ def build_demo(
     registry: ClassifierRegistry,
     segmenter_source: LazySegmenter | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
+    inspection_log: InspectionLog | None = None,
 ) -> gr.Blocks:
-    """The Blocks UI; ``registry`` says which classifiers the dropdowns offer, ``segmenter_source`` which segmenter."""
+    """The Blocks UI; ``registry`` says which classifiers the dropdowns offer, ``segmenter_source`` which segmenter.
+
+    Every decision a tab makes is recorded in ``inspection_log``, and the History tab reads it; None
+    records nothing (the History tab then says that the log is off).
+    """
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nIdentify objects in images, see why the model decided, and how far to trust it.")
-        context = TabContext(registry, segmenter_source or LazySegmenter(None), demo, max_file_bytes)
+        context = TabContext(registry, segmenter_source or LazySegmenter(None), demo, max_file_bytes, inspection_log)
         with gr.Tabs() as tabs:
             classify_tab = classify.build(context)
             explain_tab = explain.build(context)
             segment.build(context)
             inspect.build(context)
+            history.build(context)
             model.build(context)
         explain_tab.receive(classify_tab.send_button, classify_tab.image, classify_tab.model, tabs)
     return demo

@@ -9,7 +9,7 @@ import gradio as gr
 from common.calibration import CalibrationRecord
 from pipelines.classification import Classification
 from pipelines.examples import example_photos
-from ui.common import RAW_UPLOAD, TabContext, scores_for_label, user_facing
+from ui.common import RAW_UPLOAD, TabContext, logged_note, scores_for_label, user_facing
 
 TAB_ID = "classify"
 
@@ -53,7 +53,8 @@ def build(context: TabContext) -> ClassifyTab:
         picture = context.read_upload(image)
         classifier = context.registry.get(model)
         result = classifier.classify(picture, top_k=int(top_k))
-        return scores_for_label(result.predictions), verdict_text(result, classifier.trust)
+        logged = context.log_classification(result, classifier, image, channel=TAB_ID)
+        return scores_for_label(result.predictions), verdict_text(result, classifier.trust) + logged_note(logged)
 
     with gr.Tab("Classify", id=TAB_ID):
         with gr.Row():

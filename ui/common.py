@@ -15,6 +15,7 @@ from common.checkpoint_files import ONNX_FILE, WEIGHTS_FILE
 from common.checkpoints import ModelLoadError
 from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from common.inspection_log import Decision, InspectionLog, InspectionLogError
+from pipelines.decisions import classification_decision, segmentation_decision
 from pipelines.explanation import ExplanationError
 from pipelines.registry import ClassifierRegistry, LazySegmenter
 
@@ -58,6 +59,37 @@ class TabContext:
         if self.inspection_log is None:
             return None
         return self.inspection_log.record(decision, image_bytes)
+
+    def log_classification(self, result, classifier, payload, channel: str) -> int | None:
+        """Log a classification of the upload behind ``payload``; None (and no work) when the log is off.
+
+        Raises:
+            common.inspection_log.InspectionLogError: the log cannot be written; the request must fail.
+        """
+        if self.inspection_log is None:
+            return None
+        image = uploaded_bytes(payload)
+        decision = classification_decision(result, classifier, image, channel=channel, file_name=uploaded_name(payload))
+        return self.record_decision(decision, image)
+
+    def log_segmentation(self, result, segmenter, payload, channel: str, min_area) -> int | None:
+        """Log a segmentation made with ``min_area``; None (and no work) when the log is off.
+
+        Raises:
+            common.inspection_log.InspectionLogError: the log cannot be written; the request must fail.
+        """
+        if self.inspection_log is None:
+            return None
+        image = uploaded_bytes(payload)
+        decision = segmentation_decision(
+            result, segmenter, image, channel=channel, file_name=uploaded_name(payload), min_area=min_area
+        )
+        return self.record_decision(decision, image)
+
+
+def logged_note(inspection_id: int | None) -> str:
+    """The line under an answer that says where it was logged ("" when the log is off)."""
+    return "" if inspection_id is None else f"\n\nLogged as inspection #{inspection_id}."
 
 
 def uploaded_image(payload) -> str | bytes | None:

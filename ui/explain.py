@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from pipelines.explanation import METHODS, explain_prediction
-from ui.common import RAW_UPLOAD, TabContext, explanation_markdown, scores_for_label, user_facing
+from ui.common import RAW_UPLOAD, TabContext, explanation_markdown, logged_note, scores_for_label, user_facing
 
 TAB_ID = "explain"
 TOP_CLASS = "top class"
@@ -58,7 +58,8 @@ def build(context: TabContext) -> ExplainTab:
             guided=bool(guided),
         )
         result = classifier.classify(picture, top_k=5)
-        text = explanation_markdown(explanation, runtime=classifier.runtime)
+        logged = context.log_classification(result, classifier, image, channel=TAB_ID)
+        text = explanation_markdown(explanation, runtime=classifier.runtime) + logged_note(logged)
         return explanation.panels, scores_for_label(result.predictions), text
 
     @user_facing

@@ -14,8 +14,8 @@ from PIL import Image
 
 from common.image_io import load_image
 from common.inspection_log import FLAGS, TASKS, Inspection, InspectionLog
-from pipelines.decisions import model_fingerprint
 from pipelines.explanation import explain_prediction
+from pipelines.fingerprints import model_fingerprint
 from pipelines.registry import ClassifierRegistry
 from ui.common import TabContext, explanation_markdown, user_facing
 
@@ -210,7 +210,7 @@ def explain_inspection(
     classifier = registry.get(inspection.model_source)
     explanation = explain_prediction(classifier, str(image), method=method)
     text = explanation_markdown(explanation, runtime=classifier.runtime)
-    current = model_fingerprint(classifier.checkpoint_dir)
+    current = model_fingerprint(classifier)
     if inspection.model_fingerprint and current and current != inspection.model_fingerprint:
         text += (
             "\n\nThe model's weights have changed since this decision (another SHA-256): the heatmap is of the "
@@ -316,29 +316,35 @@ def build(context: TabContext) -> None:
             model = gr.Dropdown([ALL, *models], value=ALL, label="Model", allow_custom_value=True)
             flag = gr.Dropdown([ALL, *FLAGS], value=ALL, label="Flag")
         search_button = gr.Button("Search", variant="primary")
-        table = gr.Dataframe(headers=HISTORY_COLUMNS, interactive=False, label="Decisions (newest first)")
+        table = gr.Dataframe(
+            headers=HISTORY_COLUMNS, interactive=False, label="Decisions (newest first)", elem_id="history-table"
+        )
         with gr.Row():
             with gr.Column():
-                inspection_id = gr.Number(label="Inspection #", precision=0, minimum=1)
+                inspection_id = gr.Number(label="Inspection #", precision=0, minimum=1, elem_id="inspection-id")
                 open_button = gr.Button("Open")
-                image = gr.Image(type="pil", label="Image (when stored)", interactive=False, height=300)
+                image = gr.Image(
+                    type="pil", label="Image (when stored)", interactive=False, height=300, elem_id="inspection-image"
+                )
                 heatmap_button = gr.Button("Heatmap")
                 panels = gr.Image(label="Grad-CAM", interactive=False)
                 heatmap_text = gr.Markdown()
             with gr.Column():
-                details = gr.Markdown()
+                details = gr.Markdown(elem_id="inspection-details")
                 scores = gr.JSON(label="Scores")
         gr.Markdown("## Review")
-        queue_summary = gr.Markdown()
+        queue_summary = gr.Markdown(elem_id="queue-summary")
         queue_button = gr.Button("Refresh the queue")
-        queue_table = gr.Dataframe(headers=QUEUE_COLUMNS, interactive=False, label="Waiting for review (oldest first)")
+        queue_table = gr.Dataframe(
+            headers=QUEUE_COLUMNS, interactive=False, label="Waiting for review (oldest first)", elem_id="review-queue"
+        )
         with gr.Row():
             reviewer = gr.Textbox(label="Reviewer", placeholder="your name, typed once: this browser remembers it")
             label = gr.Dropdown(choices=[], label="Right label", allow_custom_value=True)
         with gr.Row():
             accept_button = gr.Button("Accept", variant="primary")
             correct_button = gr.Button("Set label")
-        review_message = gr.Markdown()
+        review_message = gr.Markdown(elem_id="review-message")
         # The name is kept in the browser (localStorage), so a reviewer types it once; the buttons still
         # take it as an input, so API callers pass it like any other argument.
         remembered = gr.BrowserState("", storage_key="vispect-reviewer")

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -22,6 +23,7 @@ from PIL import Image
 
 from common.archives import ArchiveError, ArchiveLimits
 from common.image_io import load_image
+from common.inspection_log import Decision, InspectionLog
 from common.rle import SUBMISSION_HEADER
 from pipelines.classification import (
     Classification,
@@ -30,6 +32,7 @@ from pipelines.classification import (
     write_predictions_json,
 )
 from pipelines.classification import needs_review as classification_needs_review
+from pipelines.decisions import classification_decision, segmentation_decision
 from pipelines.image_files import ImageFile, collect_image_files
 from pipelines.segmentation import (
     Segmentation,
@@ -78,6 +81,45 @@ class Inspection:
 
     def outputs(self) -> tuple:
         return self.summary, self.table, self.gallery, self.counts, self.downloads
+
+
+class BatchLog:
+    """A run's decisions, written to the inspection log one batch (one transaction) at a time.
+
+    With the log off it does nothing, not even read the image bytes.
+    """
+
+    def __init__(self, log: InspectionLog | None, batch_size: int):
+        self.log = log
+        self.batch_size = batch_size
+        self.pending: list[tuple[Decision, bytes]] = []
+        self.ids: list[int] = []
+
+    def add(self, file: ImageFile, decide: Callable[..., Decision]) -> None:
+        """Queue ``decide(image bytes, channel=..., file_name=...)``, the decision on ``file``; a full batch is written.
+
+        Raises:
+            common.inspection_log.InspectionLogError: the log cannot be written; the run must fail.
+        """
+        if self.log is None:
+            return
+        image = file.path.read_bytes()
+        self.pending.append((decide(image, channel=TAB_ID, file_name=file.name), image))
+        if len(self.pending) >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.ids += self.log.record_many(self.pending)
+            self.pending = []
+
+    def note(self) -> str:
+        """Where the run was logged, for the summary ("" when the log is off or nothing was logged)."""
+        if not self.ids:
+            return ""
+        if len(self.ids) == 1:
+            return f" Logged as inspection #{self.ids[0]}."
+        return f" Logged as {len(self.ids)} inspections, #{self.ids[0]} to #{self.ids[-1]}."
 
 
 def upload_paths(uploads) -> list[str]:
@@ -177,6 +219,7 @@ def inspect_classification(
     """Classify every file in batches: the rows, the flagged images with captions, counts and downloads."""
     classifier = context.registry.get(model)
     rows, table, gallery, counts, flagged = [], [], [], Counter(), Counter()
+    logged = BatchLog(context.inspection_log, batch_size)
     started = time.perf_counter()
     stream = classify_files(
         classifier, files, top_k=TOP_K, batch_size=batch_size, progress=False, max_bytes=context.max_file_bytes
@@ -188,6 +231,7 @@ def inspect_classification(
             counts["unreadable"] += 1
             table.append([file.name, "", None, "", flag, _short_error(error, file)])
         else:
+            logged.add(file, partial(classification_decision, result, classifier, low_confidence=min_confidence))
             best = result.predictions[0]
             counts["unknown" if result.unknown else best.label] += 1
             table.append([file.name, classification_answer(result), round(best.score, 4),
@@ -198,6 +242,7 @@ def inspect_classification(
         if flag:
             flagged[flag] += 1
         _report(progress, index + 1, len(files), batch_size)
+    logged.flush()
     seconds = time.perf_counter() - started
     downloads = [out / "inspection.csv", out / "inspection.json"]
     with downloads[0].open("w", newline="") as handle:
@@ -209,7 +254,7 @@ def inspect_classification(
         if classifier.trust.calibrated
         else "This model is not calibrated: read confidences as a ranking, not as probabilities."
     )
-    summary = _summary(len(files), seconds, flagged, min_confidence) + f" {trust}"
+    summary = _summary(len(files), seconds, flagged, min_confidence) + f" {trust}" + logged.note()
     return Inspection(
         summary,
         pd.DataFrame(table, columns=CLASSIFY_COLUMNS),
@@ -253,6 +298,7 @@ def inspect_defects(
     segmenter = context.segmenter.get()
     labels = segmenter.defect_labels
     records, table, gallery, counts, flagged = [], [], [], Counter(), Counter()
+    logged = BatchLog(context.inspection_log, batch_size)
     rle_path = out / "submission_rle.csv"
     started = time.perf_counter()
     with rle_path.open("w", newline="") as rle_handle:
@@ -268,6 +314,7 @@ def inspect_defects(
                 counts["unreadable"] += 1
                 table.append([file.name, "", None, "", "", flag, _short_error(error, file)])
             else:
+                logged.add(file, partial(segmentation_decision, segmentation, segmenter))
                 rle_writer.writerows(submission_rows(file.file_name, segmentation))
                 answer, areas = defect_answer(segmentation)
                 confidence = defect_confidence(segmentation)
@@ -281,6 +328,7 @@ def inspect_defects(
             if flag:
                 flagged[flag] += 1
             _report(progress, index + 1, len(files), batch_size)
+    logged.flush()
     seconds = time.perf_counter() - started
     downloads = [out / "inspection.csv", out / "inspection.json", rle_path]
     with downloads[0].open("w", newline="") as handle:
@@ -290,7 +338,7 @@ def inspect_defects(
     counts_table = _share_table(counts, len(files), "defect type")
     counts_table = counts_table.rename(columns={"images": "images with it"})
     return Inspection(
-        _summary(len(files), seconds, flagged, min_confidence),
+        _summary(len(files), seconds, flagged, min_confidence) + logged.note(),
         pd.DataFrame(table, columns=DEFECT_COLUMNS),
         gallery,
         counts_table,

@@ -11,7 +11,7 @@ import gradio as gr
 from pipelines.explanation import METHODS, explain_defect
 from pipelines.registry import LazySegmenter
 from pipelines.segmentation import Segmentation, class_colour, label_map_png, submission_rows
-from ui.common import RAW_UPLOAD, TabContext, explanation_markdown, user_facing
+from ui.common import RAW_UPLOAD, TabContext, explanation_markdown, logged_note, user_facing
 
 TAB_ID = "segment"
 STEEL_EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "steel"
@@ -113,14 +113,18 @@ def build(context: TabContext) -> None:
         """Outline defects: (annotated image, per-class table, verdict, [mask PNG, RLE CSV])."""
         picture = context.read_upload(image)
         segmenter = context.segmenter.get()
-        result = segmenter.segment(picture, min_area=segmenter.min_area_at_least(int(min_area)))
+        min_areas = segmenter.min_area_at_least(int(min_area))
+        # The probabilities let the log see the segmenter painting a class that stage 1 ruled out.
+        logging = context.inspection_log is not None
+        result = segmenter.segment(picture, min_area=min_areas, return_probabilities=logging)
+        logged = context.log_segmentation(result, segmenter, image, channel=TAB_ID, min_area=min_areas)
         return (
             (picture, [(region.mask, region.label) for region in result.regions if region.present]),
             [
                 [r.label, round(100 * r.area_fraction, 3), round(r.confidence, 3), "yes" if r.ruled_out else ""]
                 for r in result.regions
             ],  # fmt: skip
-            segmentation_markdown(result),
+            segmentation_markdown(result) + logged_note(logged),
             segmentation_downloads(result, Path(uploaded_name(image))),
         )
 

@@ -1,18 +1,27 @@
-"""Which weight files answered a request, as a SHA-256 computed once per model.
+"""Which weights answered: the SHA-256 of the files behind a loaded pipeline's forward pass.
 
-A client that stores the fingerprint with each answer can tell later exactly which weights gave
-it, even after a checkpoint directory was overwritten with a retrained model.
+The REST API returns it with every answer and the inspection log stores it with every decision,
+so both say exactly which weights decided, even after a checkpoint directory is overwritten with
+a retrained model. One process-wide cache: each loaded model is hashed once, on first use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from pathlib import Path
 
 from common.checkpoint_files import WEIGHTS_FILE
 
+__all__ = ["model_fingerprint", "served_weight_files", "sha256_of_files"]
+
 _CHUNK = 1024 * 1024
+# Keyed by the pipeline object, not by its folder: a reloaded model is a new object, possibly with
+# new weights, while a model already in memory keeps the fingerprint of the weights it loaded even
+# when its files are overwritten later. Weak keys: a model the app drops is not kept alive here.
+_fingerprints: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
 
 
 def served_weight_files(pipeline) -> list[Path]:
@@ -52,19 +61,17 @@ def sha256_of_files(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
-class Fingerprints:
-    """SHA-256 of each loaded pipeline's served weights, hashed on first use and then remembered."""
+def model_fingerprint(pipeline) -> str | None:
+    """SHA-256 (hex) of the weights serving ``pipeline`` (see :func:`served_weight_files`); None for a hub id.
 
-    def __init__(self):
-        self._known: dict[int, tuple[object, str | None]] = {}
-        self._lock = threading.Lock()
+    Hashed on first use and then remembered for as long as the pipeline lives: hashing 20 MB per
+    request would cost more than classifying.
 
-    def of(self, pipeline) -> str | None:
-        # Keyed by the pipeline object (kept alive here, so its id is never reused): a reloaded
-        # model is a new object, possibly with new weights.
-        key = id(pipeline)
-        with self._lock:  # hash each model once even when its first requests arrive together
-            if key not in self._known:
-                files = served_weight_files(pipeline)
-                self._known[key] = (pipeline, sha256_of_files(files) if files else None)
-            return self._known[key][1]
+    >>> model_fingerprint(ImageClassifier.from_pretrained("models/parts"))  # doctest: +SKIP
+    '3f1c...'
+    """
+    with _lock:  # hash each model once, even when its first requests arrive together
+        if pipeline not in _fingerprints:
+            files = served_weight_files(pipeline)
+            _fingerprints[pipeline] = sha256_of_files(files) if files else None
+        return _fingerprints[pipeline]
