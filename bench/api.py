@@ -34,10 +34,12 @@ from bench.common import (
     BENCHMARK_PHOTO,
     RESULTS,
     benchmark_photo_path,
+    check_at_least,
     free_port,
     latency_stats,
     machine_info,
     publish_report,
+    stay_offline,
     stop_process,
     time_round_robin,
     wait_for_http,
@@ -284,19 +286,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="discarded rounds before measuring (default 3)")
     parser.add_argument("--port", type=int, default=None, help="port for the app subprocess (default: a free one)")
     args = parser.parse_args(argv)
-    for flag, value, low in (("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0)):
-        if value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}")
+    check_at_least(parser, ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0))
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run the benchmark, write the JSON file, print it, summarise on stderr."""
     args = parse_args(argv)
-    # Keep Hub and analytics lookups (and their network timeouts) out of the numbers, here and in
-    # the app subprocess, which inherits them.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    stay_offline()
     report = run_benchmark(args.repeats, args.warmup, port=args.port)
     publish_report(report, args.out, summary_text(report))
     return 0

@@ -23,7 +23,6 @@ not raised: this is a measurement, not a test.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -35,12 +34,14 @@ from bench.common import (
     BENCHMARK_PHOTO,
     RESULTS,
     benchmark_photo_path,
+    check_at_least,
     free_port,
     latency_stats,
     machine_info,
     own_peak_rss_mb,
     process_peak_rss_mb,
     publish_report,
+    stay_offline,
     stop_process,
     time_round_robin,
     wait_for_http,
@@ -280,23 +281,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="port for the app subprocess (default: a free one)")
     parser.add_argument("--no-app", action="store_true", help="skip the app subprocess (cold start, requests, RSS)")
     args = parser.parse_args(argv)
-    for flag, value, low in (
-        ("--repeats", args.repeats, 1),
-        ("--warmup", args.warmup, 0),
-        ("--app-repeats", args.app_repeats, 1),
-    ):
-        if value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}")
+    check_at_least(
+        parser, ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--app-repeats", args.app_repeats, 1)
+    )
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run the benchmark, write the JSON file, print it, summarise on stderr."""
     args = parse_args(argv)
-    # The default model is local; these keep Hub and analytics lookups (and their network
-    # timeouts) out of the numbers, here and in the app subprocess, which inherits them.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    stay_offline()
     report = run_benchmark(args.repeats, args.warmup, args.app_repeats, with_app=not args.no_app, port=args.port)
     publish_report(report, args.out, summary_text(report))
     return 0

@@ -24,6 +24,20 @@ _MEBIBYTE = 1024 * 1024
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def check_at_least(parser, *checks: tuple[str, float, float]) -> None:
+    """``parser.error`` for the first ``(flag, value, lowest)`` whose value is below its lowest."""
+    for flag, value, low in checks:
+        if value < low:
+            parser.error(f"{flag} must be at least {low}, got {value}")
+
+
+def stay_offline() -> None:
+    """Keep Hub and analytics lookups (and their network timeouts) out of the numbers, here and in
+    any app subprocess, which inherits the environment."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
 class AppStartError(RuntimeError):
     """A server process under test did not come up; the message carries the end of its log."""
 

@@ -52,6 +52,7 @@ from bench.common import (
     BENCHMARK_PHOTO,
     RESULTS,
     benchmark_photo_path,
+    check_at_least,
     latency_stats,
     machine_info,
     own_peak_rss_mb,
@@ -614,9 +615,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--with-scorecam", action="store_true", help="also time ScoreCAM (slow: ~1280 forwards)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    for flag, value, low in (("--n", args.n, 1), ("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0)):
-        if value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}")
+    check_at_least(parser, ("--n", args.n, 1), ("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0))
     if args.parts_model is None:
         # The default run directory counts only once it holds a checkpoint (and its data set exists).
         found = _is_checkpoint(DEFAULT_PARTS_MODEL) and (args.parts_data / SPLIT).is_dir()

@@ -47,6 +47,7 @@ from PIL import Image
 from bench.common import (
     RESULTS,
     benchmark_photo_path,
+    check_at_least,
     latency_stats,
     log_tail,
     machine_info,
@@ -882,15 +883,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--re-export", action="store_true", help="export again even when the same export exists")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    for flag, value, low in (
+    check_at_least(
+        parser,
         ("--rounds", args.rounds, 1),
         ("--segment-rounds", args.segment_rounds, 1),
         ("--warmup", args.warmup, 0),
         ("--threads", args.threads, 1),
         ("--n-strips", args.n_strips, 1),
-    ):
-        if value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}")
+    )
     if args.n_heldout < MIN_HELD_OUT:
         parser.error(
             f"--n-heldout must be at least {MIN_HELD_OUT}, got {args.n_heldout}: with fewer images one changed "

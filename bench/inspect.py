@@ -33,11 +33,13 @@ import numpy as np
 
 from bench.common import (
     RESULTS,
+    check_at_least,
     free_port,
     latency_stats,
     machine_info,
     process_peak_rss_mb,
     publish_report,
+    stay_offline,
     stop_process,
     time_round_robin,
     wait_for_http,
@@ -221,10 +223,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=None, help="port for the app subprocess (default: a free one)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output path (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
-    for flag, value, low in (("--n", args.n, 1), ("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0),
-                             ("--batch-size", args.batch_size, 1), ("--threads", args.threads or 1, 1)):  # fmt: skip
-        if value < low:
-            parser.error(f"{flag} must be at least {low}, got {value}")
+    check_at_least(parser, ("--n", args.n, 1), ("--rounds", args.rounds, 1), ("--warmup", args.warmup, 0),
+                   ("--batch-size", args.batch_size, 1), ("--threads", args.threads or 1, 1))  # fmt: skip
     if args.n > 1000:
         parser.error(f"--n must be at most 1000 (the Inspect tab's limit per run), got {args.n}")
     return args
@@ -233,10 +233,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: run the benchmark, write the JSON file, print it, summarise on stderr."""
     args = parse_args(argv)
-    # Keep Hub and analytics lookups (and their network timeouts) out of the numbers, here and in
-    # the app subprocess, which inherits them.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    stay_offline()
     if args.threads:
         import torch
 
