@@ -17,6 +17,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.inspection_databases import DATABASES, database_url, log_opener
+
 TINY_LABELS = {0: "gear", 1: "hex nut", 2: "washer"}
 
 
@@ -207,3 +209,41 @@ def tiny_vit_onnx_dir(tiny_vit_dir, tmp_path_factory):
 def tiny_resnet_onnx_dir(tiny_resnet_dir, tmp_path_factory):
     """``tiny_resnet_dir`` with an ONNX export (32x32, dynamic batch) beside its weights."""
     return export_onnx_copy(tiny_resnet_dir, tmp_path_factory.mktemp("exported") / "tiny-resnet")
+
+
+def noise_png_bytes(seed: int = 0, size: tuple[int, int] = (24, 24)) -> bytes:
+    """A PNG file's bytes: seeded RGB noise, ``size`` = (width, height)."""
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_zip(path, members: dict[str, bytes], compression=None):
+    """A zip at ``path`` holding ``members`` (name -> bytes), deflated unless told otherwise."""
+    import zipfile
+
+    with zipfile.ZipFile(
+        path, "w", compression=zipfile.ZIP_DEFLATED if compression is None else compression
+    ) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.fixture(params=DATABASES)
+def log_url(request, tmp_path):
+    """An empty inspection-log database: an SQLite file, then (when one is given) a PostgreSQL schema."""
+    with database_url(request.param, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture
+def open_log(log_url, tmp_path):
+    """``open_log(**options)`` opens ``InspectionLog``s on ``log_url``; all are closed after the test."""
+    with log_opener(log_url, tmp_path / "store") as open_:
+        yield open_

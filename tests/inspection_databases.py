@@ -3,8 +3,8 @@
 ``VISPECT_TEST_POSTGRES_URL`` names a server database (``.ci/postgres.sh start`` makes one and prints
 its URL); without it the PostgreSQL cases are skipped with a message, unless ``REQUIRE_POSTGRES=1``
 (CI), which makes them fail. Each PostgreSQL test gets a schema of its own, dropped afterwards, so
-tests never see each other's rows. Plain context managers, not fixtures: each test module declares
-its two fixtures over them (a fixture imported into a module reads as a redefinition to linters).
+tests never see each other's rows. Plain context managers; ``tests/conftest.py`` declares the
+``log_url`` and ``open_log`` fixtures over them.
 """
 
 from __future__ import annotations

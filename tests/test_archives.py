@@ -13,33 +13,20 @@ from PIL import Image
 
 from common import archives
 from common.archives import ArchiveError, ArchiveLimits, extract_zip, is_zip_path
-
-
-def _png_bytes(seed: int = 0, size: int = 24) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _zip(path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED):
-    with zipfile.ZipFile(path, "w", compression=compression) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
+from tests.conftest import noise_png_bytes, write_zip
 
 
 def test_members_are_extracted_at_their_relative_paths_and_junk_is_skipped(tmp_path):
-    batch = _zip(
+    batch = write_zip(
         tmp_path / "batch.zip",
         {
-            "top.png": _png_bytes(0),
-            "parts/gears/g1.png": _png_bytes(1),
-            "parts/nuts/n1.png": _png_bytes(2),
+            "top.png": noise_png_bytes(0),
+            "parts/gears/g1.png": noise_png_bytes(1),
+            "parts/nuts/n1.png": noise_png_bytes(2),
             "parts/": b"",  # a directory entry
             "__MACOSX/parts/._g1.png": b"resource fork",
             ".DS_Store": b"finder",
-            "parts/.hidden/x.png": _png_bytes(3),
+            "parts/.hidden/x.png": noise_png_bytes(3),
         },
     )
     out = tmp_path / "out"
@@ -47,7 +34,7 @@ def test_members_are_extracted_at_their_relative_paths_and_junk_is_skipped(tmp_p
     assert [m.name for m in members] == ["top.png", "parts/gears/g1.png", "parts/nuts/n1.png"]
     assert all(m.error is None for m in members)
     assert [m.path for m in members] == [out.resolve() / m.name for m in members]
-    assert (out / "parts" / "gears" / "g1.png").read_bytes() == _png_bytes(1)
+    assert (out / "parts" / "gears" / "g1.png").read_bytes() == noise_png_bytes(1)
     assert not (out / "__MACOSX").exists() and not (out / ".DS_Store").exists()
     assert is_zip_path("x/BATCH.ZIP") and not is_zip_path("x/batch.png")
 
@@ -63,7 +50,7 @@ def test_members_are_extracted_at_their_relative_paths_and_junk_is_skipped(tmp_p
     ],
 )
 def test_zip_slip_refuses_the_archive_before_writing_anything(tmp_path, name, words):
-    batch = _zip(tmp_path / "slip.zip", {"fine.png": _png_bytes(), name: _png_bytes(1)})
+    batch = write_zip(tmp_path / "slip.zip", {"fine.png": noise_png_bytes(), name: noise_png_bytes(1)})
     out = tmp_path / "out"
     with pytest.raises(ArchiveError) as error:
         extract_zip(batch, out)
@@ -87,21 +74,23 @@ def test_a_symlink_member_is_refused(tmp_path):
 
 
 def test_too_many_members(tmp_path):
-    batch = _zip(tmp_path / "many.zip", {f"{i}.png": _png_bytes(i, 8) for i in range(4)})
+    batch = write_zip(tmp_path / "many.zip", {f"{i}.png": noise_png_bytes(i, (8, 8)) for i in range(4)})
     with pytest.raises(ArchiveError, match="has 4 entries, over the limit of 3; split"):
         extract_zip(batch, tmp_path / "out", ArchiveLimits(max_members=3))
     assert len(extract_zip(batch, tmp_path / "ok", ArchiveLimits(max_members=4))) == 4
 
 
 def test_a_bomb_by_total_bytes_is_refused_from_the_headers(tmp_path):
-    batch = _zip(tmp_path / "big.zip", {f"{i}.bin": bytes(np.random.default_rng(i).bytes(600_000)) for i in range(4)})
+    batch = write_zip(
+        tmp_path / "big.zip", {f"{i}.bin": bytes(np.random.default_rng(i).bytes(600_000)) for i in range(4)}
+    )
     with pytest.raises(ArchiveError, match=r"would unpack to 2\.3 MB, over the 2\.0 MB limit"):
         extract_zip(batch, tmp_path / "out", ArchiveLimits(max_total_bytes=2 * 1024 * 1024))
     assert list((tmp_path / "out").iterdir()) == []
 
 
 def test_a_bomb_by_compression_ratio_is_refused_with_the_default_limits(tmp_path):
-    batch = _zip(tmp_path / "bomb.zip", {"ok.png": _png_bytes(), "zeros.bmp": bytes(20 * 1024 * 1024)})
+    batch = write_zip(tmp_path / "bomb.zip", {"ok.png": noise_png_bytes(), "zeros.bmp": bytes(20 * 1024 * 1024)})
     assert zipfile.ZipFile(batch).getinfo("zeros.bmp").compress_size < 100_000  # ratio about 1000
     with pytest.raises(ArchiveError, match="member 'zeros.bmp' unpacks [0-9]+ times larger .* zip bomb"):
         extract_zip(batch, tmp_path / "out")
@@ -109,7 +98,7 @@ def test_a_bomb_by_compression_ratio_is_refused_with_the_default_limits(tmp_path
 
 def test_the_overall_ratio_is_capped_too(tmp_path):
     # Each member is under the grace size, so only the whole archive's ratio can catch them.
-    batch = _zip(tmp_path / "many-bombs.zip", {f"{i}.bmp": bytes(900_000) for i in range(20)})
+    batch = write_zip(tmp_path / "many-bombs.zip", {f"{i}.bmp": bytes(900_000) for i in range(20)})
     with pytest.raises(ArchiveError, match="'many-bombs.zip' unpacks [0-9]+ times larger than it is"):
         extract_zip(batch, tmp_path / "out")
 
@@ -117,7 +106,7 @@ def test_the_overall_ratio_is_capped_too(tmp_path):
 def test_a_small_blank_image_is_no_bomb(tmp_path):
     blank = io.BytesIO()
     Image.new("RGB", (300, 300), "white").save(blank, format="BMP")  # 270 kB, compresses about 300-fold
-    members = extract_zip(_zip(tmp_path / "blank.zip", {"blank.bmp": blank.getvalue()}), tmp_path / "out")
+    members = extract_zip(write_zip(tmp_path / "blank.zip", {"blank.bmp": blank.getvalue()}), tmp_path / "out")
     assert members[0].error is None and members[0].path.stat().st_size == len(blank.getvalue())
 
 
@@ -132,19 +121,19 @@ def _lie_about_size(path, name: str, declared: int) -> None:
 
 
 def test_a_lying_header_never_yields_more_than_it_declares(tmp_path):
-    batch = _zip(tmp_path / "liar.zip", {"ok.png": _png_bytes(), "liar.bmp": bytes(50 * 1024 * 1024)})
+    batch = write_zip(tmp_path / "liar.zip", {"ok.png": noise_png_bytes(), "liar.bmp": bytes(50 * 1024 * 1024)})
     _lie_about_size(batch, "liar.bmp", 1000)  # 50 MB of zeros declared as 1 kB: passes every header check
     assert zipfile.ZipFile(batch).getinfo("liar.bmp").file_size == 1000
     ok, liar = extract_zip(batch, tmp_path / "out")
     assert ok.error is None
     assert liar.path is None and "corrupt" in liar.error and "CRC" in liar.error
     written = sum(f.stat().st_size for f in (tmp_path / "out").rglob("*") if f.is_file())
-    assert written == len(_png_bytes())  # nothing of the lying member is left on disk
+    assert written == len(noise_png_bytes())  # nothing of the lying member is left on disk
 
 
 def test_bytes_are_counted_while_reading_whatever_the_reader_returns(tmp_path, monkeypatch):
     """Our own count stops a member that yields more than its header says, whichever zip reader is used."""
-    batch = _zip(tmp_path / "liar.zip", {"liar.png": _png_bytes()})
+    batch = write_zip(tmp_path / "liar.zip", {"liar.png": noise_png_bytes()})
     monkeypatch.setattr(archives.zipfile.ZipFile, "open", lambda self, info: io.BytesIO(bytes(10 * 1024 * 1024)))
     with pytest.raises(ArchiveError, match="holds more than the [0-9,]+ bytes its header declares"):
         extract_zip(batch, tmp_path / "out")
@@ -152,8 +141,8 @@ def test_bytes_are_counted_while_reading_whatever_the_reader_returns(tmp_path, m
 
 
 def test_a_corrupt_member_becomes_an_entry_with_its_reason_and_the_others_are_read(tmp_path):
-    members = {"a.png": _png_bytes(0), "b.png": _png_bytes(1), "c.png": _png_bytes(2)}
-    batch = _zip(tmp_path / "batch.zip", members, compression=zipfile.ZIP_STORED)
+    members = {"a.png": noise_png_bytes(0), "b.png": noise_png_bytes(1), "c.png": noise_png_bytes(2)}
+    batch = write_zip(tmp_path / "batch.zip", members, compression=zipfile.ZIP_STORED)
     data = bytearray(batch.read_bytes())
     info = zipfile.ZipFile(batch).getinfo("b.png")
     data[info.header_offset + 30 + len("b.png") + 100] ^= 0xFF  # a byte inside b.png's stored data
@@ -167,7 +156,7 @@ def test_a_corrupt_member_becomes_an_entry_with_its_reason_and_the_others_are_re
 
 
 def test_an_unsupported_compression_method_is_a_row_not_a_stop(tmp_path):
-    batch = _zip(tmp_path / "batch.zip", {"a.png": _png_bytes(0), "b.png": _png_bytes(1)})
+    batch = write_zip(tmp_path / "batch.zip", {"a.png": noise_png_bytes(0), "b.png": noise_png_bytes(1)})
     data = bytearray(batch.read_bytes())
     info = zipfile.ZipFile(batch).getinfo("b.png")
     # Compression method 6 ("implode", PKZIP 1) in both headers: Python's zipfile cannot read it.
@@ -181,7 +170,7 @@ def test_an_unsupported_compression_method_is_a_row_not_a_stop(tmp_path):
 def test_an_oversized_member_is_a_row_with_the_limit(tmp_path):
     noise = np.random.default_rng(0).bytes(300_000)
     a, big = extract_zip(
-        _zip(tmp_path / "b.zip", {"a.png": _png_bytes(), "big.png": noise}),
+        write_zip(tmp_path / "b.zip", {"a.png": noise_png_bytes(), "big.png": noise}),
         tmp_path / "out",
         ArchiveLimits(max_member_bytes=200_000),
     )

@@ -15,25 +15,11 @@ from PIL import Image
 
 from common.rle import rle_decode
 from pipelines.registry import ClassifierRegistry, LazySegmenter, ModelChoice
-from tests.conftest import TINY_LABELS
+from tests.conftest import TINY_LABELS, noise_png_bytes, write_zip
 from ui import inspect
 from ui.common import TabContext
 
 DEFECTS = {0: "background", 1: "pitting", 2: "crazing", 3: "scratches", 4: "patches"}
-
-
-def _png(seed: int, size=(40, 30)) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _zip(path, members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED):
-    with zipfile.ZipFile(path, "w", compression=compression) as archive:
-        for name, data in members.items():
-            archive.writestr(name, data)
-    return path
 
 
 def _corrupt_member(path, name: str) -> None:
@@ -69,8 +55,13 @@ def context(tiny_vit_dir, scratches_dir):
 
 @pytest.fixture
 def batch_zip(tmp_path):
-    members = {"top.png": _png(0), "gears/g1.png": _png(1), "gears/deep/g2.png": _png(2), "nuts/n1.png": _png(3)}
-    return _zip(tmp_path / "batch.zip", members)
+    members = {
+        "top.png": noise_png_bytes(0, (40, 30)),
+        "gears/g1.png": noise_png_bytes(1, (40, 30)),
+        "gears/deep/g2.png": noise_png_bytes(2, (40, 30)),
+        "nuts/n1.png": noise_png_bytes(3, (40, 30)),
+    }
+    return write_zip(tmp_path / "batch.zip", members)
 
 
 def _classify(context, uploads, min_confidence=0.0, batch_size=2):
@@ -80,7 +71,7 @@ def _classify(context, uploads, min_confidence=0.0, batch_size=2):
 
 def test_a_zip_of_images_gives_one_row_each(context, batch_zip, tmp_path):
     loose = tmp_path / "loose.jpg"
-    Image.open(io.BytesIO(_png(9))).save(loose)
+    Image.open(io.BytesIO(noise_png_bytes(9, (40, 30)))).save(loose)
     calls = []
     result = inspect.inspect_uploads(
         context, [str(batch_zip), str(loose)], "classify", context.registry.default, 0.0, 2,
@@ -104,8 +95,13 @@ def test_a_zip_of_images_gives_one_row_each(context, batch_zip, tmp_path):
 
 
 def test_an_unreadable_member_gives_a_row_with_its_reason(context, tmp_path):
-    members = {"a.png": _png(0), "b.png": _png(1), "notes.png": b"meeting notes, not a picture", "c.png": _png(2)}
-    batch = _zip(tmp_path / "batch.zip", members, compression=zipfile.ZIP_STORED)
+    members = {
+        "a.png": noise_png_bytes(0, (40, 30)),
+        "b.png": noise_png_bytes(1, (40, 30)),
+        "notes.png": b"meeting notes, not a picture",
+        "c.png": noise_png_bytes(2, (40, 30)),
+    }
+    batch = write_zip(tmp_path / "batch.zip", members, compression=zipfile.ZIP_STORED)
     _corrupt_member(batch, "b.png")
     result = _classify(context, [batch])
     rows = {row.file: row for row in result.table.itertuples()}
@@ -141,8 +137,12 @@ def test_the_slider_flags_rows_below_it(context, batch_zip):
 
 
 def test_segmentation_rows_have_defect_areas_and_a_readable_rle_csv(context, tmp_path):
-    strips = {"s1.png": _png(0, (96, 32)), "sub/s2.png": _png(1, (64, 32)), "broken.png": b"\x89PNG\r\n\x1a\n cut"}
-    batch = _zip(tmp_path / "strips.zip", strips)
+    strips = {
+        "s1.png": noise_png_bytes(0, (96, 32)),
+        "sub/s2.png": noise_png_bytes(1, (64, 32)),
+        "broken.png": b"\x89PNG\r\n\x1a\n cut",
+    }
+    batch = write_zip(tmp_path / "strips.zip", strips)
     result = inspect.inspect_uploads(context, [str(batch)], "find defects", None, 0.5, 2)
     table = {row.file: row for row in result.table.itertuples()}
     s1 = table["strips.zip/s1.png"]
@@ -174,7 +174,7 @@ def test_the_upload_caps_and_a_refused_archive_are_clear_errors(context, batch_z
     big.write_bytes(bytes(2**20 + 1))
     with pytest.raises(gr.Error, match=r"'huge.png' is 1.0 MB, over the 1.0 MB limit per file"):
         _classify(context, [big])
-    slip = _zip(tmp_path / "slip.zip", {"../evil.png": _png(0)})
+    slip = write_zip(tmp_path / "slip.zip", {"../evil.png": noise_png_bytes(0, (40, 30))})
     with pytest.raises(gr.Error, match="'slip.zip' has a member whose path goes up a folder"):
         _classify(context, [slip])
     with pytest.raises(gr.Error, match="No images yet"):
@@ -207,8 +207,8 @@ def test_the_tab_is_an_api_endpoint(context, batch_zip, tiny_vit_dir, scratches_
 def test_classification_cli_reads_zips_and_names_members(tiny_vit_dir, tmp_path, capsys):
     from pipelines.classification.cli import main
 
-    batch = _zip(tmp_path / "batch.zip", {"a.png": _png(0), "sub/b.png": _png(1), "c.png": _png(2)},
-                 compression=zipfile.ZIP_STORED)  # fmt: skip
+    members = {name: noise_png_bytes(seed, (40, 30)) for seed, name in enumerate(["a.png", "sub/b.png", "c.png"])}
+    batch = write_zip(tmp_path / "batch.zip", members, compression=zipfile.ZIP_STORED)
     _corrupt_member(batch, "sub/b.png")
     out = tmp_path / "predictions.csv"
     assert main([str(batch), "--model", str(tiny_vit_dir), "--batch-size", "2", "--csv", str(out)]) == 0
@@ -216,7 +216,7 @@ def test_classification_cli_reads_zips_and_names_members(tiny_vit_dir, tmp_path,
     assert [r["path"] for r in rows] == [f"{batch}/a.png", f"{batch}/sub/b.png", f"{batch}/c.png"]
     assert rows[1]["label_1"] == "" and "Bad CRC-32" in rows[1]["error"] and rows[0]["label_1"]
     assert "classified 2 image(s), skipped 1" in capsys.readouterr().err
-    slip = _zip(tmp_path / "slip.zip", {"/etc/evil.png": _png(0)})
+    slip = write_zip(tmp_path / "slip.zip", {"/etc/evil.png": noise_png_bytes(0, (40, 30))})
     with pytest.raises(SystemExit) as exit_info:
         main([str(slip), "--model", str(tiny_vit_dir)])
     assert exit_info.value.code == 2 and "absolute path, '/etc/evil.png'" in capsys.readouterr().err
@@ -225,8 +225,8 @@ def test_classification_cli_reads_zips_and_names_members(tiny_vit_dir, tmp_path,
 def test_segmentation_cli_reads_zips_in_batches_with_a_report(scratches_dir, tmp_path, capsys):
     from pipelines.segmentation.cli import main
 
-    batch = _zip(tmp_path / "strips.zip", {"s1.png": _png(0, (96, 32)), "s2.png": _png(1, (64, 32)),
-                                           "s3.png": b"not an image"})  # fmt: skip
+    strips = {"s1.png": noise_png_bytes(0, (96, 32)), "s2.png": noise_png_bytes(1, (64, 32)), "s3.png": b"not an image"}
+    batch = write_zip(tmp_path / "strips.zip", strips)
     out, report = tmp_path / "submission.csv", tmp_path / "report.csv"
     options = ["--csv", str(out), "--report", str(report), "--batch-size", "2", "--no-progress"]
     assert main([str(batch), "--model", str(scratches_dir), *options]) == 0
@@ -237,7 +237,9 @@ def test_segmentation_cli_reads_zips_in_batches_with_a_report(scratches_dir, tmp
     assert details[0]["defective"] == "true" and float(details[0]["scratches_area_fraction"]) == 1.0
     assert "not a recognised image format" in details[2]["error"] and details[2]["defective"] == ""
     assert "skipped 1 unreadable" in capsys.readouterr().err
-    twice = _zip(tmp_path / "twice.zip", {"a/s.png": _png(0, (64, 32)), "b/s.png": _png(1, (64, 32))})
+    twice = write_zip(
+        tmp_path / "twice.zip", {"a/s.png": noise_png_bytes(0, (64, 32)), "b/s.png": noise_png_bytes(1, (64, 32))}
+    )
     with pytest.raises(SystemExit):
         main([str(twice), "--model", str(scratches_dir), "--csv", str(out)])
     assert "Two images would share the ImageId 's.png'" in capsys.readouterr().err

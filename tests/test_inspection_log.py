@@ -22,19 +22,6 @@ from common.inspection_log import (
     InspectionLogError,
     default_url,
 )
-from tests.inspection_databases import DATABASES, database_url, log_opener
-
-
-@pytest.fixture(params=DATABASES)
-def log_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def open_log(log_url, tmp_path):
-    with log_opener(log_url, tmp_path / "store") as open_:
-        yield open_
 
 
 def png_bytes(seed: int = 0) -> bytes:

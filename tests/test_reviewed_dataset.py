@@ -13,21 +13,8 @@ from common.checkpoint_files import CONFIG_FILE
 from common.image_store import image_sha256
 from common.inspection_log import Decision, InspectionLog
 from tests.conftest import COLOURS
-from tests.inspection_databases import DATABASES, database_url, log_opener
 from train import datasets
 from train.reviewed import ReviewedDatasetError, export_reviewed, folder_name, split_per_class
-
-
-@pytest.fixture(params=DATABASES)
-def log_url(request, tmp_path):
-    with database_url(request.param, tmp_path) as url:
-        yield url
-
-
-@pytest.fixture
-def open_log(log_url, tmp_path):
-    with log_opener(log_url, tmp_path / "store") as open_:
-        yield open_
 
 
 def colour_png(colour: str, seed: int) -> bytes:
