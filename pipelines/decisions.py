@@ -3,7 +3,9 @@
 Flags say why a person should look (``common.inspection_log.FLAGS``):
 
 - ``unknown``: the open-set rule said the image shows none of the classes;
-- ``low_confidence``: the top score is below ``low_confidence`` (raw or calibrated, as served);
+- ``low_confidence``: the top score is below ``low_confidence`` (raw or calibrated, as served); for a
+  segmentation, ``pipelines.segmentation.defect_confidence`` (the Inspect tab's): the defect pixels'
+  mean confidence, or for a clean strip one minus stage 1's highest defect probability;
 - ``defective``: the segmenter painted defects;
 - ``disagree``: two models contradict each other: stage 1 says a defect type is present but the
   segmenter paints nothing, the segmenter alone paints defects that stage 1 ruled out (known
@@ -105,6 +107,7 @@ def segmentation_decision(
     channel: str,
     file_name: str | None = None,
     min_area: dict[int, int] | int | None = None,
+    low_confidence: float = DEFAULT_LOW_CONFIDENCE,
 ) -> Decision:
     """The log's record of one segmentation (with its stage-1 verdict when there is a stage 1).
 
@@ -116,7 +119,10 @@ def segmentation_decision(
         channel: The tab or ``"api"`` that asked.
         file_name: The name the user gave the file.
         min_area: The minimum areas the call used (None: the tuned ones).
+        low_confidence: Answers less sure than this (``defect_confidence``) are flagged ``low_confidence``.
     """
+    from pipelines.segmentation import defect_confidence
+
     found = [region for region in result.regions if region.present]
     answer = "defective: " + ", ".join(region.label for region in found) if found else "clean"
     scores = {}
@@ -124,11 +130,17 @@ def segmentation_decision(
         scores[region.label] = {"area": float(region.area_fraction), "confidence": float(region.confidence)}
         if result.stage1 is not None:
             scores[region.label]["stage1"] = float(result.stage1[region.label])
+    confidence = defect_confidence(result)
     flags = ["defective"] if result.defective else []
+    if confidence is not None and confidence < low_confidence:
+        flags.append("low_confidence")
     if result.stage1 is not None and _stages_disagree(result):
         flags.append("disagree")
     areas = segmenter.min_areas(min_area)
-    thresholds = {MIN_AREA_KEY: {region.label: areas[region.class_id] for region in result.regions}}
+    thresholds = {
+        MIN_AREA_KEY: {region.label: areas[region.class_id] for region in result.regions},
+        "low_confidence": low_confidence,
+    }
     stage1 = segmenter.stage1
     fingerprint = model_fingerprint(segmenter)
     source = segmenter.source
@@ -147,7 +159,7 @@ def segmentation_decision(
         model_fingerprint=fingerprint,
         thresholds=thresholds,
         answer=answer,
-        confidence=max((float(region.confidence) for region in found), default=None),
+        confidence=None if confidence is None else float(confidence),
         scores=scores,
         defective=bool(result.defective),
         flags=tuple(flags),

@@ -135,7 +135,9 @@ def test_stage1_and_the_segmenter_disagreeing_is_flagged(segmenter_dirs, png):
     # Stage 1 says pitting is there; the segmenter paints nothing.
     result = segmenter.postprocess(_logits(None), min_area=0, stage1_probabilities=[0.9, 0.01])
     decision = segmentation_decision(result, segmenter, png, channel="segment")
-    assert decision.answer == "clean" and decision.defective is False and decision.flags == ("disagree",)
+    assert decision.answer == "clean" and decision.defective is False
+    # ...and a clean answer with stage 1 at 0.9 for pitting is an unsure one (confidence 1 - 0.9).
+    assert decision.flags == ("low_confidence", "disagree") and decision.confidence == pytest.approx(0.1)
     # The segmenter alone paints scratches, which stage 1 ruled out: seen only with the probabilities kept.
     painted = _logits(2)
     for keep in (False, True):
@@ -152,3 +154,15 @@ def test_without_stage1_only_defects_are_flagged(segmenter_dirs, png):
     assert decision.flags == ("defective",) and "stage1" not in decision.thresholds
     assert decision.model_source == str(segmenter_dirs[0])
     assert decision.confidence is not None
+
+
+def test_an_unsure_clean_strip_is_flagged_at_the_callers_confidence(segmenter_dirs, png):
+    # Nothing painted, stage 1 rules both types out but gives pitting 0.3: the answer "clean" is
+    # 70% sure, as the Inspect tab shows it (defect_confidence); its slider decides the flag.
+    segmenter = DefectSegmenter.from_pretrained(segmenter_dirs[0], stage1=segmenter_dirs[1], runtime="torch")
+    result = segmenter.postprocess(_logits(None), min_area=0, stage1_probabilities=[0.3, 0.01])
+    assert all(region.ruled_out for region in result.regions)
+    relaxed = segmentation_decision(result, segmenter, png, channel="inspect")
+    strict = segmentation_decision(result, segmenter, png, channel="inspect", low_confidence=0.8)
+    assert relaxed.confidence == pytest.approx(0.7) and relaxed.flags == ()
+    assert strict.flags == ("low_confidence",) and strict.thresholds["low_confidence"] == 0.8

@@ -314,7 +314,7 @@ def inspect_defects(
                 counts["unreadable"] += 1
                 table.append([file.name, "", None, "", "", flag, _short_error(error, file)])
             else:
-                logged.add(file, partial(segmentation_decision, segmentation, segmenter))
+                logged.add(file, partial(segmentation_decision, segmentation, segmenter, low_confidence=min_confidence))
                 rle_writer.writerows(submission_rows(file.file_name, segmentation))
                 answer, areas = defect_answer(segmentation)
                 confidence = defect_confidence(segmentation)
