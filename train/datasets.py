@@ -26,6 +26,7 @@ from pathlib import Path
 
 from datagen import GENERATORS
 from datagen.arguments import INFO_NAME
+from train.dataset_folders import check_output_folder, format_summary
 
 # What --overwrite replaces: PNGs under these folders and the info file, as written by the
 # generators above. Stale images from an earlier run would otherwise stay in the data set
@@ -127,20 +128,6 @@ def writer_options(name: str, args: argparse.Namespace) -> dict:
     return options
 
 
-def check_output_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a file or a non-empty folder as ``--out`` unless ``overwrite`` is set.
-
-    Raises:
-        ValueError: If ``out`` cannot be written to as asked.
-    """
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ValueError(
-            f"--out {out} is not empty; choose a new folder, or pass --overwrite to replace the data set in it"
-        )
-
-
 def clear_previous_dataset(out: Path) -> int:
     """Delete what an earlier run wrote to ``out`` (see :data:`LAYOUT_FOLDERS`); return the count."""
     removed = 0
@@ -160,20 +147,6 @@ def clear_previous_dataset(out: Path) -> int:
         (out / INFO_NAME).unlink()
         removed += 1
     return removed
-
-
-def format_summary(info: dict) -> str:
-    """A table of images per class (rows) and split (columns), plus the non-part images."""
-    counts = info["counts"]
-    splits = list(counts)
-    width = max(len("total"), *(len(name) for name in info["classes"]))
-    lines = [f"{'class':<{width}}  " + "  ".join(f"{split:>10}" for split in splits)]
-    for name in info["classes"]:
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[split][name]:>10}" for split in splits))
-    lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[split].values()):>10}" for split in splits))
-    for subset, count in info.get("other_counts", {}).items():
-        lines.append(f"other/{subset}: {count} images (no class, no mask)")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from common.inspection_log import InspectionLog, InspectionLogError
 from datagen.arguments import INFO_NAME, check_seed
+from train.dataset_folders import check_output_folder, format_summary
 
 SPLITS = ("train", "validation")
 _UNSAFE = re.compile(r'[/\\:*?"<>|\x00-\x1f]')
@@ -189,8 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from train.datasets import check_output_folder, format_summary
-
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
