@@ -44,6 +44,7 @@ from bench.common import (
     time_round_robin,
     wait_for_http,
 )
+from common.onnx_network import read_cpu_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = RESULTS / "api.json"
@@ -71,26 +72,10 @@ INFERENCE_FLAGS = (
 )
 
 
-def cpu_flags(cpuinfo_text: str) -> list[str]:
-    """The first ``flags`` (x86) or ``Features`` (ARM) line of a ``/proc/cpuinfo`` text, as a list."""
-    for line in cpuinfo_text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return value.split()
-    return []
-
-
 def inference_flags(flags: Sequence[str]) -> list[str]:
     """Which of ``INFERENCE_FLAGS`` the CPU has, in that order."""
     present = set(flags)
     return [flag for flag in INFERENCE_FLAGS if flag in present]
-
-
-def read_cpu_flags() -> list[str]:
-    try:
-        return cpu_flags(Path("/proc/cpuinfo").read_text())
-    except OSError:
-        return []
 
 
 def write_benchmark_jpeg(directory: Path) -> Path:
@@ -223,7 +208,7 @@ def run_benchmark(rounds: int, warmup: int, port: int | None = None) -> dict:
     from pipelines.classification import ImageClassifier
 
     machine = machine_info()  # first, so the load average is the one before we add to it
-    flags = read_cpu_flags()
+    flags = read_cpu_flags() or []
     port = port or free_port()
     logged_port = free_port()
     with tempfile.TemporaryDirectory(prefix="vispect-bench-api-") as work_dir:

@@ -45,6 +45,7 @@ from bench.common import (
     wait_for_http,
 )
 from common.archives import extract_zip
+from common.onnx_network import read_cpu_flags
 from datagen.parts import OTHER_KINDS, PART_KINDS, draw_other, draw_part
 from pipelines.classification import ImageClassifier, classify_files
 
@@ -59,13 +60,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
 
 def cpu_flags() -> dict[str, bool]:
     """Which of the vector extensions that matter for CPU inference this machine has."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    flags = read_cpu_flags()
+    if flags is None:  # not Linux: unknown
         return {}
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    present = set(line.partition(":")[2].split())
-    return {flag: flag in present for flag in CPU_FLAGS}
+    return {flag: flag in flags for flag in CPU_FLAGS}
 
 
 def write_batch_zip(path: Path, n: int, seed: int = 0) -> Path:

@@ -295,6 +295,27 @@ def measure_latency(model: torch.nn.Module, network: OnnxNetwork, pixel_values: 
     }
 
 
+def cpu_flags(cpuinfo_text: str) -> list[str]:
+    """The first ``flags`` (x86) or ``Features`` (ARM) line of a ``/proc/cpuinfo`` text, as a list."""
+    for line in cpuinfo_text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return value.split()
+    return []
+
+
+def read_cpu_flags() -> list[str] | None:
+    """This machine's CPU flags (``/proc/cpuinfo``); None where the kernel does not say (not Linux).
+
+    The flags decide which kernels ONNX Runtime and PyTorch run (AVX-512, VNNI: whether int8 can
+    saturate), so the export's report and the benchmarks print them beside their figures.
+    """
+    try:
+        return cpu_flags(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return None
+
+
 def cpu_name() -> str:
     """The CPU model as the kernel reports it (``/proc/cpuinfo``), else what Python knows."""
     try:

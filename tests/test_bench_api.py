@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench import api
+from common.onnx_network import cpu_flags
 
 X86_CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
@@ -21,13 +22,13 @@ def stats(median: float) -> dict:
 
 
 def test_cpu_flags_come_from_the_first_processor_on_x86_and_arm():
-    assert api.cpu_flags(X86_CPUINFO)[-3:] == ["f16c", "avx2", "avx512f"]
-    assert api.cpu_flags(ARM_CPUINFO) == ["fp", "asimd", "evtstrm", "aes", "sve"]
-    assert api.cpu_flags("processor\t: 0\n") == []
+    assert cpu_flags(X86_CPUINFO)[-3:] == ["f16c", "avx2", "avx512f"]
+    assert cpu_flags(ARM_CPUINFO) == ["fp", "asimd", "evtstrm", "aes", "sve"]
+    assert cpu_flags("processor\t: 0\n") == []
 
 
 def test_inference_flags_keep_their_documented_order_and_drop_the_rest():
-    assert api.inference_flags(api.cpu_flags(X86_CPUINFO)) == ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f"]
+    assert api.inference_flags(cpu_flags(X86_CPUINFO)) == ["sse4_2", "avx", "avx2", "fma", "f16c", "avx512f"]
     assert api.inference_flags(["fpu", "sse"]) == []
 
 

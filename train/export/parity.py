@@ -19,12 +19,11 @@ VNNI, ORT's u8s8 kernels can saturate).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from common.onnx_network import OnnxNetwork, cpu_name, logit_parity, measure_latency
+from common.onnx_network import OnnxNetwork, cpu_name, logit_parity, measure_latency, read_cpu_flags
 from common.segmentation_input import restore_size, round_up, tile_starts, upsample
 from common.segmentation_rules import drop_classes, stored_min_areas
 from common.segmentation_scores import segmentation_metrics
@@ -46,11 +45,7 @@ NEAR_TIE = 0.1
 
 def cpu_info() -> dict:
     """The CPU model and the instruction-set flags that matter for int8 (``/proc/cpuinfo`` on Linux)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: the flags are unknown, not absent
-        text = ""
-    flags = next((set(line.partition(":")[2].split()) for line in text.splitlines() if line.startswith("flags")), None)
+    flags = read_cpu_flags()  # None: not Linux, the flags are unknown, not absent
     return {
         "model": cpu_name(),
         "flags": {flag: None if flags is None else flag in flags for flag in CPU_FLAGS},
