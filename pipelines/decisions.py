@@ -145,9 +145,8 @@ def segmentation_decision(
     fingerprint = model_fingerprint(segmenter)
     source = segmenter.source
     if stage1 is not None:
-        thresholds["stage1"] = {
-            label: float(value) for label, value in segmenter.describe()["stage1"]["thresholds"].items()
-        }
+        # Not describe(): it would count the parameters and read processor geometry on every request.
+        thresholds["stage1"] = {label: float(value) for label, value in segmenter.stage1_thresholds.items()}
         source = f"{segmenter.source} + {stage1.source}"
         fingerprint = f"{fingerprint}+{model_fingerprint(stage1)}"
     return Decision(

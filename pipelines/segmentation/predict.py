@@ -528,6 +528,11 @@ class DefectSegmenter(ServedByRuntime):
             )
         return results
 
+    @property
+    def stage1_thresholds(self) -> dict[str, float]:
+        """Each defect class's stage-1 threshold, by label; empty without a stage 1."""
+        return dict(zip(self.defect_labels, self._stage1_thresholds))
+
     def describe(self) -> dict:
         """What the loaded models are and how images reach them, for people and logs."""
         config = self.model.config
@@ -537,7 +542,7 @@ class DefectSegmenter(ServedByRuntime):
             stage1 = {
                 "source": self.stage1.source,
                 "architecture": (self.stage1.model.config.architectures or [type(self.stage1.model).__name__])[0],
-                "thresholds": dict(zip(self.defect_labels, self._stage1_thresholds)),
+                "thresholds": self.stage1_thresholds,
                 "runtime": self.stage1.runtime,
                 "export_report": self.stage1.export_report,
             }
