@@ -56,9 +56,14 @@ DEFAULT_TOP_K = 5
 DEFAULT_PAGE, MAX_PAGE = 50, 500
 ROOT = Path(__file__).resolve().parents[1]
 
-_ERRORS = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
+
+def _error_responses(descriptions: dict[int, str]) -> dict[int, dict]:
+    """OpenAPI ``responses`` for these statuses, each with the JSON error body."""
+    return {status: {"model": ErrorResponse, "description": text} for status, text in descriptions.items()}
+
+
+_ERRORS = _error_responses(
+    {
         400: "Empty or corrupt image, or a body that is not multipart/form-data",
         401: "API key missing or wrong (only when the server has one)",
         404: "Unknown model",
@@ -66,17 +71,16 @@ _ERRORS = {
         415: "Not an image in a supported format",
         422: "Missing 'file', or a bad form field",
         503: "The model cannot be loaded, or the inspection log cannot be written (the message says why)",
-    }.items()
-}
-_LOG_ERRORS = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
+    }
+)
+_LOG_ERRORS = _error_responses(
+    {
         401: "API key missing or wrong (only when the server has one)",
         404: "No inspection with this id",
         422: "A bad query parameter or review body",
         503: "The log is off (--log-db off), or its database cannot be read or written",
-    }.items()
-}
+    }
+)
 
 # The form fields, declared once so that the OpenAPI schema describes them.
 ImageFile = Annotated[UploadFile, File(description="The image: JPEG, PNG, WebP, BMP, GIF or TIFF.")]
