@@ -8,7 +8,6 @@ reads run in worker threads outside that limiter: a slow database must not hold 
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import tomllib
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from api.schemas import (
 )
 from common.checkpoints import ModelLoadError
 from common.image_io import MAX_FILE_BYTES, MAX_PIXELS, ImageLoadError, load_image
+from common.image_store import image_sha256
 from common.inspection_log import FLAGS, TASKS, Decision, Inspection, InspectionLog, InspectionLogError, Review
 from pipelines.decisions import classification_decision, segmentation_decision
 from pipelines.fingerprints import model_fingerprint
@@ -357,7 +357,7 @@ def inspection_out(inspection: Inspection) -> InspectionOut:
 
 
 def image_info(data: bytes, image) -> ImageInfo:
-    return ImageInfo(sha256=hashlib.sha256(data).hexdigest(), width=image.width, height=image.height)
+    return ImageInfo(sha256=image_sha256(data), width=image.width, height=image.height)
 
 
 async def read_upload(file: UploadFile, max_bytes: int) -> tuple[bytes, str]:
