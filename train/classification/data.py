@@ -20,6 +20,7 @@ from pathlib import Path
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value, load_dataset
 from datasets import Image as ImageFeature
 
+from common.data_check import class_problems
 from common.image_io import ImageLoadError, load_image
 from train.data import DataError, describe_source, image_source, load_named_dataset
 
@@ -185,15 +186,14 @@ def class_counts(dataset: Dataset, label_names: list[str], multi_label: bool) ->
 
 
 def check_classes(counts: dict[str, int]) -> None:
-    """Refuse data that cannot train a classifier, naming the problem."""
-    if len(counts) < 2:
-        raise DataError(
-            f"Found only one class ({list(counts)}); a classifier needs at least two. "
-            "Add a sub-folder (or label) per class."
-        )
-    empty = [name for name, count in counts.items() if count == 0]
-    if empty:
-        raise DataError(f"Class {empty[0]!r} has no readable training images. Add images or remove the class.")
+    """Refuse data that cannot train a classifier, naming the problem.
+
+    The rule lives in ``common.data_check``, so the app's data check refuses the same data in
+    the same words before it starts this script.
+    """
+    problems = class_problems(counts)
+    if problems:
+        raise DataError(problems[0])
 
 
 def add_validation_split(splits: DatasetDict, fraction: float, seed: int, multi_label: bool) -> DatasetDict:
