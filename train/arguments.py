@@ -22,15 +22,36 @@ from train.data import DataError
 logger = logging.getLogger("vispect.train")
 
 
+class ArgumentsError(ValueError):
+    """A command line the script cannot run: unknown flag, bad value, or flags that contradict each other."""
+
+
+class _Parser(HfArgumentParser):
+    # argparse prints usage and exits on a bad value; raising lets the CLI print one sentence
+    # and lets the app's Train tab check a command line before it starts a job.
+    def error(self, message):
+        raise ArgumentsError(message)
+
+
 def parse_script_args(argument_classes: tuple, defaults: dict, argv: list[str] | None = None, *, prog: str) -> tuple:
-    """Flags (or one .json file) -> one instance of each of ``argument_classes``, in order."""
-    parser = HfArgumentParser(argument_classes, prog=prog)
+    """Flags (or one .json file) -> one instance of each of ``argument_classes``, in order.
+
+    Raises:
+        ArgumentsError: an unknown flag, a value of the wrong type, or a check in an argument
+            class's ``__post_init__`` failed; the message names the flag.
+    """
+    parser = _Parser(argument_classes, prog=prog)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        given = json.loads(Path(argv[0]).read_text())
-        return parser.parse_dict({**script_defaults(given, defaults), **given})
-    parser.set_defaults(**script_defaults(flags_given(argv), defaults))
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        if len(argv) == 1 and argv[0].endswith(".json"):
+            given = json.loads(Path(argv[0]).read_text())
+            return parser.parse_dict({**script_defaults(given, defaults), **given})
+        parser.set_defaults(**script_defaults(flags_given(argv), defaults))
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ArgumentsError:
+        raise
+    except ValueError as error:  # __post_init__ checks, and flags no argument class knows
+        raise ArgumentsError(str(error)) from error
 
 
 def flags_given(argv: list[str]) -> dict[str, str]:

@@ -27,7 +27,8 @@ from common.checkpoint_files import (
 )
 from common.image_io import ImageLoadError, load_image
 from common.preprocessing import batch_preprocessor
-from train import report
+from common.training_progress import CALIBRATING, EVALUATING, WRITING_REPORT
+from train import progress, report
 from train.classification import calibration, data, metrics
 
 
@@ -146,12 +147,14 @@ def write_report(
     model, processor = trainer.model, trainer.processing_class
     names = labeled.label_names
 
+    progress.phase(EVALUATING)
     eval_metrics = trainer.evaluate(labeled.splits["validation"])
     val = trainer.predict(labeled.splits["validation"], metric_key_prefix="eval")
     val_logits, val_labels = _logits(val), np.asarray(val.label_ids)
     test = trainer.predict(labeled.splits["test"], metric_key_prefix="test") if "test" in labeled.splits else None
     test_logits = _logits(test) if test is not None else None
 
+    progress.phase(CALIBRATING)
     record_metrics = {}
     thresholds = None
     if labeled.multi_label:
@@ -169,6 +172,7 @@ def write_report(
     if not trainer.is_world_process_zero():
         return {}
 
+    progress.phase(WRITING_REPORT)
     eval_metrics.update({f"eval_{k}": v for k, v in record_metrics.items()})
     trainer.save_metrics("eval", eval_metrics)
     final = dict(eval_metrics)

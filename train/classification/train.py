@@ -25,10 +25,13 @@ from transformers import (
     set_seed,
 )
 
-from common.checkpoints import load_image_processor, load_pretrained
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.data_check import unreadable_problem
 from common.image_io import load_image
 from common.preprocessing import batch_preprocessor, input_geometry
-from train.arguments import check_output_dir, parse_script_args
+from common.training_progress import CHECKING_DATA
+from train import progress
+from train.arguments import ArgumentsError, check_output_dir, parse_script_args
 from train.classification import data
 from train.classification.augment import AugmentConfig, batch_mixer, train_transform
 from train.classification.metrics import compute_metrics_fn
@@ -213,13 +216,9 @@ def load_training_data(data_args: DataArguments, multi_label: bool, seed: int) -
         if limit is not None:
             split = split.shuffle(seed=seed).select(range(min(limit, len(split))))
         good, bad = data.drop_unreadable(split)
-        if bad and len(bad) > data_args.max_bad_fraction * len(split):
-            examples = "; ".join(f"{path}: {reason}" for path, reason in bad[:3])
-            raise data.DataError(
-                f"{len(bad)} of {len(split)} {name} images cannot be read (more than --max_bad_fraction "
-                f"{data_args.max_bad_fraction:.0%}). First: {examples}. "
-                "Fix or remove them, or raise --max_bad_fraction."
-            )
+        problem = unreadable_problem(name, len(bad), len(split), data_args.max_bad_fraction, bad)
+        if problem:
+            raise data.DataError(problem)
         skipped += bad
         checked[name] = good
     splits = data.DatasetDict(checked)
@@ -371,6 +370,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     set_seed(training_args.seed)
     resume_from = check_output_dir(training_args, recipe.overwrite_output_dir)
 
+    progress.phase(CHECKING_DATA)
     labeled = load_training_data(data_args, model_args.multi_label, training_args.seed)
     if training_args.should_log:
         print_class_counts(labeled)
@@ -401,10 +401,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             inverse_frequency_weights(counts) if recipe.class_weights == "auto" else None, labeled.multi_label
         ),
         processing_class=processor,
-        callbacks=[EarlyStoppingCallback(recipe.early_stopping_patience)] if recipe.early_stopping_patience else None,
+        callbacks=training_callbacks(recipe.early_stopping_patience),
         sample_weights=weights,
     )
     train_result = trainer.train(resume_from_checkpoint=resume_from)
+    if progress.stop_requested():
+        return {}  # the Trainer saved a checkpoint; the final model and report wait for the resumed run
     trainer.save_model()
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
@@ -422,7 +424,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         hyperparameters={**asdict(model_args), **asdict(recipe), **_key_training_args(training_args)},
         dataset=data_args.dataset_name or data_args.train_dir or data_args.train_csv,
     )
+    progress.finish(metrics, training_args.output_dir)
     return metrics
+
+
+def training_callbacks(early_stopping_patience: int | None) -> list:
+    """Progress reporting (and stop-on-SIGTERM), plus early stopping when asked for."""
+    callbacks = [progress.ProgressCallback()]
+    if early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience))
+    return callbacks
 
 
 def sample_weights(labeled: data.LabeledImages, counts: list[int]) -> list[float]:
@@ -449,7 +460,4 @@ def _key_training_args(args: TrainingArguments) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except data.DataError as error:
-        sys.exit(f"error: {error}")
+    progress.run_cli(main, (data.DataError, ArgumentsError, ModelLoadError))

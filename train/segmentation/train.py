@@ -34,12 +34,13 @@ from transformers import (
 )
 
 from common.checkpoint_files import INFERENCE_RESIZE_KEY, MODEL_CARD_FILE, PREDICTIONS_PLOT, TRAINING_CURVES_PLOT
-from common.checkpoints import load_image_processor, load_pretrained
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
 from common.image_io import load_image
 from common.segmentation_rules import forget_min_areas
 from common.segmentation_scores import IGNORE_INDEX, segmentation_metrics
-from train import report
-from train.arguments import check_output_dir, parse_script_args
+from common.training_progress import CHECKING_DATA, EVALUATING, WRITING_REPORT
+from train import progress, report
+from train.arguments import ArgumentsError, check_output_dir, parse_script_args
 from train.data import DataError
 from train.segmentation import data as seg
 from train.segmentation.postprocessing import describe_min_areas, record_min_areas
@@ -415,6 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     logging.basicConfig(level=logging.INFO if training_args.should_log else logging.WARNING)
     set_seed(training_args.seed)
     resume_from = check_output_dir(training_args, recipe.overwrite_output_dir)
+    progress.phase(CHECKING_DATA)
     data = load_data(data_args, training_args.seed)
     if training_args.should_log:
         for name, split in data.splits.items():
@@ -443,10 +445,13 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         compute_loss_func=SegmentationLoss(recipe.dice_weight if recipe.loss == "ce_dice" else 0.0),
         preprocess_logits_for_metrics=predicted_labels,
         processing_class=processor,
-        callbacks=[EarlyStoppingCallback(recipe.early_stopping_patience)] if recipe.early_stopping_patience else None,
+        callbacks=training_callbacks(recipe.early_stopping_patience),
         sample_weights=weights,
     )
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if progress.stop_requested():
+        return {}  # the Trainer saved a checkpoint; the final model and report wait for the resumed run
+    progress.phase(EVALUATING)
     tuned = None
     if trainer.is_world_process_zero():
         predicted, truth = validation_label_maps(trainer.model, data.splits["validation"])
@@ -460,6 +465,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if tuned is not None:
         metrics["eval_mean_dice_with_min_area"] = tuned["mean_dice_after"]
     if trainer.is_world_process_zero():
+        progress.phase(WRITING_REPORT)
         trainer.save_metrics("eval", metrics)
         out = Path(training_args.output_dir)
         plot_predictions(data.splits["validation"], trainer, data.id2label, out / PREDICTIONS_PLOT)
@@ -493,11 +499,17 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             ],
             command=" ".join(["python -m train.segmentation.train", *(sys.argv[1:] if argv is None else argv)]),
         )
+    progress.finish(metrics, training_args.output_dir)
     return metrics
 
 
+def training_callbacks(early_stopping_patience: int | None) -> list:
+    """Progress reporting (and stop-on-SIGTERM), plus early stopping when asked for."""
+    callbacks = [progress.ProgressCallback()]
+    if early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience))
+    return callbacks
+
+
 if __name__ == "__main__":
-    try:
-        main()
-    except DataError as error:
-        sys.exit(f"error: {error}")
+    progress.run_cli(main, (DataError, ArgumentsError, ModelLoadError))
