@@ -5,15 +5,19 @@ import without loading any model or starting a server, so tests can import and l
 
     python app.py [--classifier DIR_OR_HUB_ID ...] [--segmenter DIR [--stage1 DIR]] [--runtime auto|torch|onnx]
                   [--share] [--port 7860] [--api-key KEY] [--log-db URL|off] [--store-images]
+                  [--jobs-dir DIR] [--train-data-root DIR] [--train-jobs N] [--max-train-zip-mb MB]
 
 Beside the page and Gradio's API, the same server answers the REST API in ``api/`` (``/api/v1``).
 Every decision (every tab, every REST answer) is recorded in the inspection log
 (``common/inspection_log.py``), which the History tab and ``/api/v1/inspections`` read.
+The Train tab's jobs (``jobs/``) run the training CLIs as processes and keep a folder each in
+``--jobs-dir``; a finished classifier joins every model list at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
@@ -25,11 +29,17 @@ from api import API_KEY_ENV, ApiLimits, create_api_router, gradio_app_kwargs
 from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import MAX_FILE_BYTES
 from common.inspection_log import DATA_ENV, IMAGES_FOLDER, InspectionLog, InspectionLogError, data_dir, default_url
+from jobs.commands import SEGMENTER
+from jobs.manager import JobManager
+from jobs.service import TrainingJobs
+from jobs.store import Job, JobError
 from pipelines.registry import PROJECT_MODELS_DIR, ClassifierRegistry, LazySegmenter
 from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 from ui import TITLE, build_demo
 
 LOG_OFF = "off"
+JOBS_FOLDER = "jobs"
+MAX_TRAIN_ZIP_BYTES = 4 * 1024**3
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,17 +84,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"also keep each decided image, once per content, in {data_dir() / IMAGES_FOLDER} (default off: the "
         "log holds hashes, not pictures)",
     )
+    parser.add_argument(
+        "--jobs-dir",
+        help=f"where the Train tab keeps its jobs (data, logs, models; default {data_dir() / JOBS_FOLDER}, "
+        f"under ${DATA_ENV} when set)",
+    )
+    parser.add_argument(
+        "--train-data-root",
+        metavar="DIR",
+        help="let the Train tab train on folders under DIR on this server (default: uploaded zips only)",
+    )
+    parser.add_argument("--train-jobs", type=int, default=1, help="training jobs that run at the same time (default 1)")
+    parser.add_argument(
+        "--max-train-zip-mb",
+        type=float,
+        default=MAX_TRAIN_ZIP_BYTES / 2**20,
+        help="size limit of a training-data zip uploaded to the Train tab, in MB (images stay at --max-file-mb)",
+    )
     args = parser.parse_args(argv)
     args.api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     for flag, value, low in (
         ("--port", args.port, 1),
         ("--queue-size", args.queue_size, 1),
         ("--concurrency", args.concurrency, 1),
+        ("--train-jobs", args.train_jobs, 1),
     ):
         if value < low:
             parser.error(f"{flag} must be at least {low}, got {value}")
-    if args.max_file_mb <= 0:
-        parser.error(f"--max-file-mb must be positive, got {args.max_file_mb}")
+    if args.max_file_mb <= 0 or args.max_train_zip_mb <= 0:
+        parser.error(
+            f"--max-file-mb and --max-train-zip-mb must be positive, got {args.max_file_mb}, {args.max_train_zip_mb}"
+        )
+    if args.train_data_root and not os.path.isdir(args.train_data_root):
+        parser.error(f"--train-data-root {args.train_data_root} is not a folder; create it or name another")
     if args.store_images and args.log_db == LOG_OFF:
         parser.error("--store-images needs the log: drop --log-db off, or drop --store-images")
     if args.stage1 and not args.segmenter:
@@ -108,6 +140,26 @@ def open_inspection_log(args: argparse.Namespace) -> InspectionLog | None:
     return InspectionLog.open(args.log_db, store_images=args.store_images)
 
 
+def open_training_jobs(
+    args: argparse.Namespace, registry: ClassifierRegistry, inspection_log: InspectionLog | None
+) -> TrainingJobs:
+    """The Train tab's jobs in ``--jobs-dir``; every finished classifier joins ``registry``'s choices.
+
+    Running jobs are stopped with a checkpoint when the app exits, and offered for resuming after.
+
+    Raises:
+        JobError: the jobs folder cannot be created.
+    """
+
+    def offer(job: Job) -> None:
+        if job.task != SEGMENTER:
+            registry.add(f"{job.id}: trained on {job.data}", str(manager.store.model_dir(job.id)))
+
+    manager = JobManager(args.jobs_dir or data_dir() / JOBS_FOLDER, max_running=args.train_jobs, on_finished=offer)
+    atexit.register(manager.close)
+    return TrainingJobs(manager, data_root=args.train_data_root, inspection_log=inspection_log)
+
+
 def launch_app(
     demo: gr.Blocks, args: argparse.Namespace, prevent_thread_lock: bool = False, rest_api: APIRouter | None = None
 ):
@@ -117,7 +169,9 @@ def launch_app(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
-        max_file_size=int(args.max_file_mb * 2**20),
+        # Gradio has one cap for every upload: the larger one, for training zips. Image tabs and
+        # the REST API apply --max-file-mb themselves, to each file.
+        max_file_size=int(max(args.max_file_mb, args.max_train_zip_mb) * 2**20),
         show_error=True,
         prevent_thread_lock=True,
         app_kwargs=gradio_app_kwargs(rest_api) if rest_api is not None else None,
@@ -164,8 +218,14 @@ if __name__ == "__main__":
         if cli.segmenter
         else LazySegmenter.from_models_dir(cli.models_dir, runtime=cli.runtime)
     )
+    try:
+        training = open_training_jobs(cli, registry, inspection_log)
+    except JobError as error:
+        sys.exit(f"error: {error}")
     max_file_bytes = int(cli.max_file_mb * 2**20)
-    demo = build_demo(registry, segmenter_source, max_file_bytes=max_file_bytes, inspection_log=inspection_log)
+    demo = build_demo(
+        registry, segmenter_source, max_file_bytes=max_file_bytes, inspection_log=inspection_log, training=training
+    )
     limits = ApiLimits(max_file_bytes=max_file_bytes, concurrency=cli.concurrency)
     rest_api = create_api_router(registry, segmenter_source, limits, cli.api_key, inspection_log=inspection_log)
     launch_app(demo, cli, rest_api=rest_api)

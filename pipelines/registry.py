@@ -74,6 +74,15 @@ class ClassifierRegistry:
     def default(self) -> str:
         return self.choices[0].source
 
+    def add(self, label: str, source: str) -> None:
+        """Offer one more classifier (a model trained while the app runs); a source already offered is kept as is."""
+        with self._lock:
+            if source in self._by_source:
+                return
+            choice = ModelChoice(label, source)
+            self._by_source[source] = choice
+            self.choices = [*self.choices, choice]  # a new list: readers iterating the old one are undisturbed
+
     def get(self, source: str | None = None) -> ImageClassifier:
         """The loaded classifier for ``source`` (one of ``choices``).
 

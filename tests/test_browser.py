@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,93 @@ def test_classify_a_few_images_then_review_the_flagged_one_in_history(logged, tm
     _text_when(page, "#queue-summary", "0 flagged decisions waiting")
     assert "noise.png" not in queue.text_content()  # it left the queue
     assert log.get(flagged.id).review.reviewer == "Ann" and log.queue() == []
+
+
+@pytest.fixture(scope="module")
+def training_app(browser, tmp_path_factory):
+    """(page, registry) of the app started as ``app.py --jobs-dir DIR`` with its own model list."""
+    from pipelines.registry import ClassifierRegistry
+
+    folder = tmp_path_factory.mktemp("training-app")
+    args = app.parse_args(["--port", str(free_port()), "--log-db", "off", "--jobs-dir", str(folder / "jobs")])
+    registry = ClassifierRegistry.from_sources()  # its own list: the trained model joins this one only
+    training = app.open_training_jobs(args, registry, None)
+    demo = build_demo(registry, LazySegmenter.from_models_dir(), training=training)
+    app.launch_app(demo, args, prevent_thread_lock=True)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(120_000)
+    # The Train tab polls its jobs every 2 s, so the network never falls idle: wait for the page itself.
+    page.goto(demo.local_url, wait_until="domcontentloaded")
+    page.get_by_role("tab", name="Train", exact=True).wait_for(timeout=120_000)
+    try:
+        yield page, registry
+    finally:
+        demo.close()
+        training.manager.close()
+
+
+def _progress_percent(page) -> float:
+    return float(page.locator("#train-status progress").get_attribute("value") or 0)
+
+
+def test_train_from_a_zip_then_classify_with_the_new_model(training_app, tmp_path):
+    """Upload a zip, read the data check, start, watch the progress move, then pick the model in Classify."""
+    import zipfile
+
+    from tests.conftest import write_colour_folders
+
+    page, registry = training_app
+    data = write_colour_folders(tmp_path / "colours", per_split={"train": 10, "validation": 4, "test": 4}, size=48)
+    archive = tmp_path / "colours.zip"
+    with zipfile.ZipFile(archive, "w") as opened:
+        for path in sorted(Path(data).rglob("*.png")):
+            opened.write(path, Path("colours") / path.relative_to(data))
+    page.get_by_role("tab", name="Train", exact=True).click()
+    _upload(page, archive, into="train-data")
+    page.locator("#train-data").get_by_text("colours.zip").first.wait_for(timeout=30_000)
+    page.get_by_role("button", name="Check data", exact=True).click()
+    summary = _text_when(page, "#train-check-summary", "Ready to train", timeout=60_000)
+    assert "| red | 10 | 4 | 4 |" in summary.replace("\n", " ") or "red" in summary
+    assert page.locator("#train-thumbnails img").count() >= 3  # a few images per class
+    # The default model (EfficientNet-Lite0) at 64 px, 2 epochs of 4 steps: a real fine-tune that fits in a test
+    # (that training beats chance is tests/test_jobs.py's to show, on a tiny model that learns in seconds).
+    page.locator("#train-epochs input").fill("2")
+    page.locator("#train-image-size textarea, #train-image-size input").first.fill("64x64")
+    page.get_by_text("Advanced: more training flags").click()
+    page.locator("#train-advanced textarea, #train-advanced input").first.fill("--per_device_train_batch_size 8")
+    page.get_by_role("button", name="Start training", exact=True).click()
+    page.wait_for_selector("#train-state[data-state='running']", timeout=120_000)
+    seen = set()
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        state = page.locator("#train-state").get_attribute("data-state")
+        seen.add(round(_progress_percent(page)))
+        if state not in ("queued", "running"):
+            break
+        time.sleep(0.5)
+    _screenshot(page, "train")
+    assert state == "finished", page.locator("#train-status").text_content()
+    assert len(seen) >= 3 and max(seen) == 100, f"the progress bar should move, saw {sorted(seen)}"
+    assert page.locator("#train-report img").count() >= 1  # the report's figures
+    assert page.locator("#train-curves img, #train-curves svg, #train-curves canvas").count() >= 1
+    trained = registry.choices[-1]
+    assert trained.label.startswith("job-1: trained on colours.zip")
+
+    page.get_by_role("tab", name="Classify", exact=True).click()
+    page.locator("#classify-model input").click()
+    page.get_by_role("option", name=trained.label).click()
+    red = tmp_path / "red.png"
+    from PIL import Image
+
+    Image.new("RGB", (48, 48), (220, 30, 30)).save(red)
+    _upload(page, red)
+    page.get_by_role("button", name="Classify", exact=True).click()
+    # The answer comes from the new model: its three classes, not ImageNet's thousand.
+    page.wait_for_function(
+        "() => ['red', 'green', 'blue'].every(name => document.querySelector('#classify-label')?.textContent"
+        ".includes(name))",
+        timeout=60_000,
+    )
+    scores = page.locator("#classify-label").text_content()
+    _screenshot(page, "train-classify")
+    assert all(name in scores for name in ("red", "green", "blue")), scores

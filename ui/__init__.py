@@ -11,7 +11,7 @@ import gradio as gr
 from common.image_io import MAX_FILE_BYTES
 from common.inspection_log import InspectionLog
 from pipelines.registry import ClassifierRegistry, LazySegmenter
-from ui import classify, explain, history, inspect, model, segment
+from ui import classify, explain, history, inspect, model, segment, train
 from ui.common import TabContext
 
 TITLE = "Visual inspection toolkit"
@@ -22,15 +22,19 @@ def build_demo(
     segmenter_source: LazySegmenter | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
     inspection_log: InspectionLog | None = None,
+    training=None,
 ) -> gr.Blocks:
     """The Blocks UI; ``registry`` says which classifiers the dropdowns offer, ``segmenter_source`` which segmenter.
 
     Every decision a tab makes is recorded in ``inspection_log``, and the History tab reads it; None
-    records nothing (the History tab then says that the log is off).
+    records nothing (the History tab then says that the log is off). ``training`` (a
+    ``jobs.service.TrainingJobs``) runs the Train tab's jobs; None turns that tab off.
     """
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nIdentify objects in images, see why the model decided, and how far to trust it.")
-        context = TabContext(registry, segmenter_source or LazySegmenter(None), demo, max_file_bytes, inspection_log)
+        context = TabContext(
+            registry, segmenter_source or LazySegmenter(None), demo, max_file_bytes, inspection_log, training
+        )
         with gr.Tabs() as tabs:
             classify_tab = classify.build(context)
             explain_tab = explain.build(context)
@@ -38,5 +42,6 @@ def build_demo(
             inspect.build(context)
             history.build(context)
             model.build(context)
+            train.build(context)
         explain_tab.receive(classify_tab.send_button, classify_tab.image, classify_tab.model, tabs)
     return demo

@@ -66,7 +66,7 @@ def build(context: TabContext) -> ClassifyTab:
                     classify_button = gr.Button("Classify", variant="primary")
                     send_button = gr.Button("Explain this image")
             with gr.Column():
-                label = gr.Label(label="Prediction", show_label=True)
+                label = gr.Label(label="Prediction", show_label=True, elem_id="classify-label")
                 verdict = gr.Markdown(elem_id="verdict")
         gr.Examples(examples=[[str(path)] for path in example_photos()], inputs=[image], label="Example photos")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -37,11 +37,17 @@ class TabContext:
     demo: gr.Blocks
     max_file_bytes: int = MAX_FILE_BYTES
     inspection_log: InspectionLog | None = None
+    # The Train tab's jobs (jobs.service.TrainingJobs); None turns the tab off.
+    training: object | None = None
+    # Every classifier dropdown built so far, so that a newly trained model can be added to all of them.
+    model_dropdowns: list[gr.Dropdown] = field(default_factory=list)
 
     def classifier_dropdown(self, **options) -> gr.Dropdown:
         """A "Classifier" dropdown over the registry's choices, set to the default model."""
         choices = [(choice.label, choice.source) for choice in self.registry.choices]
-        return gr.Dropdown(choices=choices, value=self.registry.default, label="Classifier", **options)
+        dropdown = gr.Dropdown(choices=choices, value=self.registry.default, label="Classifier", **options)
+        self.model_dropdowns.append(dropdown)
+        return dropdown
 
     def read_upload(self, payload) -> Image.Image:
         """The RGB image behind a raw ``gr.Image`` payload, within the upload limit."""
