@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements.sha256
 ARGS ?=
 
-.PHONY: venv run test lint bench bench-explain bench-localisation bench-train bench-export clean-venv
+.PHONY: venv run test lint bench bench-explain bench-localisation bench-train bench-export bench-anomaly bench-train-tab clean-venv
 
 # (Re)install only when requirements.txt or requirements-serve.txt (which it includes) changed since
 # the last successful install.
@@ -68,6 +68,10 @@ bench-export: venv
 # Fine-tunes the default model: digits (fp32, then bf16) and parts; see bench/train_classification.py.
 bench-train: venv
 	$(PY) -m bench.train_classification $(ARGS)
+
+# Issue 15: PatchCore-style anomaly detection from good images only (generated steel and parts).
+bench-anomaly: venv
+	$(PY) -m bench.anomaly $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -32,8 +32,16 @@ INFERENCE_RESIZE_KEY = "inference_resize"
 # stay beside it for Grad-CAM) and the parity report that checked it against eager.
 ONNX_FILE = "model.onnx"
 EXPORT_REPORT_FILE = "export_report.json"
-# Later tasks: an anomaly model's memory bank.
+# An anomaly detector (common.anomaly_files): its memory banks of good patch features, one tensor
+# per product named by the product, and anomaly.json (backbone layers, input size, each product's
+# fitted threshold). The backbone itself is saved beside them with save_pretrained.
 MEMORY_BANK_FILE = "memory_bank.safetensors"
+ANOMALY_FILE = "anomaly.json"
+# Its report: good vs defective validation scores, the ROC, example anomaly maps, per-image scores.
+SCORE_HISTOGRAM_PLOT = "score_histogram.png"
+ROC_PLOT = "roc.png"
+ANOMALY_MAPS_PLOT = "anomaly_maps.png"
+VALIDATION_SCORES_FILE = "validation_scores.csv"
 
 # The report training writes beside the weights.
 MODEL_CARD_FILE = "README.md"

@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.anomaly_files import is_anomaly_dir
 from common.checkpoint_files import CONFIG_FILE
 from common.checkpoints import ModelLoadError
 from common.default_model import DEFAULT_MODEL
@@ -26,7 +27,9 @@ class ModelChoice:
 
 
 def is_classifier_checkpoint(directory: Path) -> bool:
-    """True for a saved checkpoint whose architecture is an image classifier."""
+    """True for a saved checkpoint whose architecture is an image classifier (not an anomaly detector's backbone)."""
+    if is_anomaly_dir(directory):
+        return False
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError):

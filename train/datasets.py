@@ -2,11 +2,14 @@
 
     python -m train.datasets digits --out data/digits
     python -m train.datasets parts --out data/parts [--n-per-class 200] [--size 128] [--seed 0]
+    python -m train.datasets anomaly-steel --out data/anomaly-steel [--n 200] [--n-per-class 10] [--height 128]
     python -m train.datasets reviewed --log-db URL --out data/reviewed [--validation-fraction 0.2] [--seed 0]
 
 Both write ``DIR/{train,validation,test}/<class>/<name>.png`` and ``DIR/dataset_info.json``, so
 ``datasets.load_dataset("imagefolder", data_dir=DIR)`` returns the three labelled splits.
-``parts`` also writes masks and non-part images; see :mod:`datagen.parts`. ``reviewed`` writes
+``parts`` also writes masks and non-part images; see :mod:`datagen.parts`. ``anomaly-steel`` and
+``anomaly-parts`` write MVTec AD's layout instead (good and defective images with defect masks,
+for anomaly detection); see :mod:`datagen.anomaly`. ``reviewed`` writes
 the images people reviewed in the app's inspection log (train and validation only); see
 :mod:`train.reviewed`.
 
@@ -32,7 +35,7 @@ from train.dataset_folders import check_output_folder, format_summary
 # generators above. Stale images from an earlier run would otherwise stay in the data set
 # (a digit that moved from train to test with a new seed would sit in both). Anything else
 # in --out is the user's and is never touched.
-LAYOUT_FOLDERS: tuple[str, ...] = ("train", "validation", "test", "masks", "other")
+LAYOUT_FOLDERS: tuple[str, ...] = ("train", "validation", "test", "masks", "other", "ground_truth")
 
 # Not a generator: the images reviewed in the app's inspection log (train.reviewed).
 REVIEWED = "reviewed"

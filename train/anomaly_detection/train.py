@@ -1,0 +1,458 @@
+"""Train a PatchCore anomaly detector on good images only.
+
+    python -m train.datasets anomaly-steel --out data/anomaly-steel
+    python -m train.anomaly_detection --train_dir data/anomaly-steel --output_dir models/steel-anomaly \\
+        --validation_defect_dir data/anomaly-steel/validation
+
+For each product: the good images are split into those whose patch features build the memory
+bank (``--coreset_ratio`` of the patches, kept by greedy coreset selection) and those held out
+(``--holdout_fraction``) to fit the image threshold for ``--false_reject_rate``. Nothing is
+learnt by gradient descent, so training is one pass of the backbone over the images.
+``--validation_defect_dir`` adds metrics (image and pixel AUROC, PRO, F1, the ROC) on defective
+images, which never influence the stored threshold.
+
+The output directory is a checkpoint like the others (the backbone via ``save_pretrained``,
+``anomaly.json``, ``memory_bank.safetensors``, the model card and figures) that
+``pipelines.anomaly_detection.AnomalyDetector`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import AutoModelForImageClassification, HfArgumentParser
+
+from common.anomaly_features import LayerError, PatchFeatureExtractor, default_layers, embed_images, patch_vectors
+from common.anomaly_files import AnomalyConfig, ProductRule, save_anomaly_model
+from common.anomaly_scores import DEFAULT_SIGMA, anomaly_maps, image_scores, patch_score_grids
+from common.anomaly_threshold import (
+    DEFAULT_FALSE_REJECT_RATE,
+    check_false_reject_rate,
+    false_reject_rate,
+    fit_threshold,
+    normalise_scores,
+)
+from common.checkpoint_files import (
+    ANOMALY_FILE,
+    ANOMALY_MAPS_PLOT,
+    CONFIG_FILE,
+    EVAL_RESULTS_FILE,
+    ROC_PLOT,
+    SCORE_HISTOGRAM_PLOT,
+    VALIDATION_SCORES_FILE,
+)
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.default_model import DEFAULT_MODEL
+from common.image_io import ImageLoadError, load_image
+from common.preprocessing import input_geometry
+from train.anomaly_detection import metrics as anomaly_metrics
+from train.anomaly_detection import report
+from train.anomaly_detection.coreset import coreset
+from train.anomaly_detection.data import ValidationSet, find_products, find_validation_sets, load_checked_images
+from train.anomaly_detection.data import split_holdout as split_good_images
+from train.data import DataError
+
+logger = logging.getLogger("vispect.train.anomaly_detection")
+
+PROG = "python -m train.anomaly_detection"
+# Example rows in the anomaly-map figure (the worst defective and good validation images).
+_MAP_EXAMPLES = 4
+
+
+@dataclass
+class DataArguments:
+    train_dir: str = field(
+        metadata={
+            "help": "Good images: a folder of them, an MVTec product folder (train/good/), or one sub-folder "
+            "per product (one memory bank each)."
+        }
+    )
+    validation_defect_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Defective validation images in MVTec's test layout (<defect_type>/*.png, optional good/, "
+            "masks in ../ground_truth/); reports AUROC, PRO, F1 and the ROC. Never changes the threshold."
+        },
+    )
+    holdout_fraction: float = field(
+        default=0.2, metadata={"help": "Share of each product's good images held out to fit the threshold."}
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the hold-out split and the coreset's first patch."})
+
+
+@dataclass
+class ModelArguments:
+    backbone: str = field(
+        default=DEFAULT_MODEL,
+        metadata={
+            "help": "CNN to take patch features from: 'default' (embedded ImageNet EfficientNet-Lite0, offline), "
+            "a checkpoint directory or a cached hub id of an image classifier."
+        },
+    )
+    layers: str | None = field(
+        default=None,
+        metadata={
+            "help": "Comma-separated module names to embed, shallow first (default: the ends of the stride-8 and "
+            "stride-16 stages, e.g. timm_model.blocks.2,timm_model.blocks.4)."
+        },
+    )
+    image_size: str = field(default="224", metadata={"help": "Network input size: N or HEIGHTxWIDTH (e.g. 128x800)."})
+
+
+@dataclass
+class DetectorArguments:
+    output_dir: str = field(metadata={"help": "Directory to write the detector to."})
+    coreset_ratio: float = field(default=0.1, metadata={"help": "Share of the good patches kept in the memory bank."})
+    false_reject_rate: float = field(
+        default=DEFAULT_FALSE_REJECT_RATE, metadata={"help": "Share of good images the threshold may reject."}
+    )
+    sigma: float = field(default=DEFAULT_SIGMA, metadata={"help": "Gaussian smoothing of anomaly maps (input pixels)."})
+    batch_size: int = field(default=8, metadata={"help": "Images per forward pass of the backbone."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a detector already in --output_dir."})
+    no_progress: bool = field(default=False, metadata={"help": "Hide the progress bars."})
+
+
+def parse_image_size(text: str) -> list[int]:
+    """``"224"`` -> [224, 224]; ``"128x800"`` -> [128, 800].
+
+    Raises:
+        DataError: naming ``--image_size`` and the value.
+    """
+    height, _, width = text.lower().partition("x")
+    try:
+        size = [int(height), int(width or height)]
+    except ValueError:
+        size = []
+    if len(size) != 2 or min(size) < 32:
+        raise DataError(
+            f"--image_size {text!r} must be N or HEIGHTxWIDTH with sides of at least 32, e.g. 224 or 128x800"
+        )
+    return size
+
+
+def check_arguments(data: DataArguments, detector: DetectorArguments) -> None:
+    """Refuse bad numbers and an output directory that holds a model, before any image is read.
+
+    Raises:
+        DataError: naming the flag, the value and the fix.
+    """
+    try:
+        check_false_reject_rate(detector.false_reject_rate)
+    except ValueError as error:
+        raise DataError(str(error)) from error
+    if not 0.0 < detector.coreset_ratio <= 1.0:
+        raise DataError(f"--coreset_ratio {detector.coreset_ratio} must be in (0, 1]; PatchCore uses 0.1")
+    if detector.batch_size < 1:
+        raise DataError(f"--batch_size {detector.batch_size} must be at least 1")
+    if detector.sigma < 0:
+        raise DataError(f"--sigma {detector.sigma} must be 0 (no smoothing) or more; PatchCore uses 4")
+    if not 0.0 < data.holdout_fraction < 1.0:
+        raise DataError(f"--holdout_fraction {data.holdout_fraction} must be between 0 and 1 (exclusive), e.g. 0.2")
+    out = Path(detector.output_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--output_dir {out} is a file; give a directory")
+    taken = out.is_dir() and any((out / name).exists() for name in (ANOMALY_FILE, CONFIG_FILE))
+    if taken and not detector.overwrite_output_dir:
+        raise DataError(
+            f"--output_dir {out} already holds a model. Choose another --output_dir, or pass --overwrite_output_dir "
+            "to replace it."
+        )
+
+
+def load_backbone(name: str):
+    """The backbone model and its normalisation ``(mean, std)`` from its image processor.
+
+    Raises:
+        ModelLoadError: naming the model and the fix.
+    """
+    model = load_pretrained(AutoModelForImageClassification, name)
+    processor = load_image_processor(name)
+    geometry = input_geometry(processor)
+    return model.eval(), processor, list(geometry.mean), list(geometry.std)
+
+
+@dataclass
+class ProductResult:
+    """One product trained: its bank, rule, held-out scores (normalised) and validation outcome."""
+
+    bank: torch.Tensor
+    rule: ProductRule
+    holdout_scores: np.ndarray
+    metrics: dict[str, float] = field(default_factory=dict)
+    validation: dict[str, np.ndarray] = field(default_factory=dict)
+    roc: tuple[np.ndarray, np.ndarray] | None = None
+    examples: list = field(default_factory=list)
+    rows: list[tuple] = field(default_factory=list)
+
+
+def fit_product(
+    name: str,
+    files: Sequence[Path],
+    extractor: PatchFeatureExtractor,
+    config: AnomalyConfig,
+    *,
+    holdout_fraction: float,
+    false_reject_target: float,
+    seed: int,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> ProductResult:
+    """Build one product's memory bank from its good images and fit its threshold on the held-out ones.
+
+    Raises:
+        DataError: unreadable images or mixed sizes (see ``load_checked_images``).
+    """
+    images = load_checked_images(list(files), name)
+    bank_index, holdout_index = split_good_images(len(images), holdout_fraction, seed)
+    embed = dict(input_size=config.input_size, mean=config.mean, std=config.std, batch_size=batch_size)
+    with tqdm(total=len(images), desc=f"{name}: features", unit="img", disable=not progress) as bar:
+        train_embedding = embed_images(extractor, [images[i] for i in bank_index], **embed, progress=bar.update)
+        holdout_embedding = embed_images(extractor, [images[i] for i in holdout_index], **embed, progress=bar.update)
+    bank = coreset(patch_vectors(train_embedding), config.coreset_ratio, seed=seed, progress=progress)
+    del train_embedding  # the largest tensor of the run; the bank is a tenth of it
+    raw = image_scores(patch_score_grids(holdout_embedding, bank))
+    threshold = fit_threshold(raw, false_reject_target)
+    holdout_scores = normalise_scores(raw, threshold)
+    rule = ProductRule(
+        threshold=threshold,
+        false_reject_rate=false_reject_target,
+        held_out_false_reject_rate=false_reject_rate(holdout_scores),
+        n_train_images=len(bank_index),
+        n_holdout_images=len(holdout_index),
+        bank_size=int(bank.shape[0]),
+        image_size=[images[0].height, images[0].width],
+    )
+    return ProductResult(bank=bank, rule=rule, holdout_scores=holdout_scores)
+
+
+def _load_mask(path: Path | None, size: tuple[int, int]) -> np.ndarray:
+    """A 0/255 mask as a boolean array at ``size`` (h, w); all False when there is none."""
+    if path is None:
+        return np.zeros(size, dtype=bool)
+    mask = Image.open(path).convert("L").resize((size[1], size[0]), Image.Resampling.NEAREST)
+    return np.asarray(mask) > 127
+
+
+def _score_images(paths, extractor, config, bank, threshold, batch_size):
+    """``(normalised scores, normalised maps at the input size, images)`` of ``paths``."""
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+        except ImageLoadError as error:
+            raise DataError(f"--validation_defect_dir: {error}. Remove or replace the file.") from error
+    if not images:
+        return np.zeros(0), [], []
+    embedding = embed_images(extractor, images, config.input_size, config.mean, config.std, batch_size=batch_size)
+    grids = patch_score_grids(embedding, bank)
+    maps = anomaly_maps(grids, config.input_size, sigma=config.sigma)
+    return normalise_scores(image_scores(grids), threshold), [m / threshold for m in maps], images
+
+
+def validate_product(
+    name: str,
+    result: ProductResult,
+    validation: ValidationSet,
+    held_out_good: Sequence[Path],
+    extractor: PatchFeatureExtractor,
+    config: AnomalyConfig,
+    batch_size: int = 8,
+) -> None:
+    """Score the validation images with the stored rule; fill ``result``'s metrics, ROC and examples.
+
+    The good side is the validation folder's ``good/`` images; only without them the held-out good
+    images stand in, whose false-reject rate is then the fitted one by construction.
+    """
+    good_paths = validation.good or list(held_out_good)
+    good_scores, good_maps, good_images = _score_images(
+        good_paths, extractor, config, result.bank, result.rule.threshold, batch_size
+    )
+    bad_scores, bad_maps, bad_images = _score_images(
+        validation.defective, extractor, config, result.bank, result.rule.threshold, batch_size
+    )
+    size = tuple(config.input_size)
+    bad_masks = [_load_mask(path, size) for path in validation.masks]
+    result.metrics = anomaly_metrics.image_metrics(good_scores, bad_scores)
+    has_masks = any(path is not None for path in validation.masks)
+    masks = [np.zeros(size, bool)] * len(good_maps) + bad_masks
+    result.metrics["pixel_auroc"] = anomaly_metrics.pixel_auroc(good_maps + bad_maps, masks) if has_masks else np.nan
+    result.metrics["pro"] = anomaly_metrics.pro_score(good_maps + bad_maps, masks) if has_masks else np.nan
+    result.metrics["n_good"] = len(good_scores)
+    result.metrics["n_defective"] = len(bad_scores)
+    result.validation = {"held-out good": result.holdout_scores, "defective": bad_scores}
+    if validation.good:
+        result.validation["validation good"] = good_scores
+    fpr, tpr, _ = anomaly_metrics.image_roc(good_scores, bad_scores)
+    result.roc = (fpr, tpr)
+    result.rows = [(name, str(p), "good", f"{s:.6f}") for p, s in zip(good_paths, good_scores)] + [
+        (name, str(p), kind, f"{s:.6f}")
+        for p, kind, s in zip(validation.defective, validation.defect_types, bad_scores)
+    ]
+    worst = np.argsort(-bad_scores)[: _MAP_EXAMPLES - 1]
+    result.examples = [
+        (
+            f"{name}: {validation.defect_types[i]} {validation.defective[i].name} ({bad_scores[i]:.2f})",
+            np.asarray(bad_images[i].resize((size[1], size[0]))),
+            bad_maps[i],
+            bad_masks[i],
+        )
+        for i in worst
+    ]
+    if len(good_scores):
+        top = int(np.argmax(good_scores))
+        result.examples.append(
+            (
+                f"{name}: worst good {Path(good_paths[top]).name} ({good_scores[top]:.2f})",
+                np.asarray(good_images[top].resize((size[1], size[0]))),
+                good_maps[top],
+                None,
+            )
+        )
+
+
+def _write_report(out: Path, results: dict[str, ProductResult], config: AnomalyConfig, command: str) -> list[str]:
+    figures = []
+    histograms = {name: (r.validation or {"held-out good": r.holdout_scores}) for name, r in results.items()}
+    report.plot_score_histogram(histograms, out / SCORE_HISTOGRAM_PLOT)
+    figures.append(SCORE_HISTOGRAM_PLOT)
+    validated = {name: r for name, r in results.items() if r.metrics}
+    if validated:
+        report.plot_roc({n: (*r.roc, r.metrics["image_auroc"]) for n, r in validated.items()}, out / ROC_PLOT)
+        report.plot_anomaly_maps([e for r in validated.values() for e in r.examples], out / ANOMALY_MAPS_PLOT)
+        figures += [ROC_PLOT, ANOMALY_MAPS_PLOT]
+        with open(out / VALIDATION_SCORES_FILE, "w") as handle:
+            handle.write("product,path,kind,score\n")
+            for r in validated.values():
+                handle.writelines(",".join(row) + "\n" for row in r.rows)
+        flat = {f"{n}/{k}" if len(validated) > 1 else k: v for n, r in validated.items() for k, v in r.metrics.items()}
+        (out / EVAL_RESULTS_FILE).write_text(json.dumps(flat, indent=2) + "\n")
+    settings = {
+        "backbone": config.backbone,
+        "layers": ", ".join(config.layers),
+        "input size (h x w)": f"{config.input_size[0]} x {config.input_size[1]}",
+        "coreset ratio": config.coreset_ratio,
+        "anomaly map smoothing (sigma, input pixels)": config.sigma,
+    }
+    report.write_model_card(
+        out,
+        command=command,
+        backbone=config.backbone,
+        settings=settings,
+        products={name: vars(r.rule) for name, r in results.items()},
+        metrics={name: r.metrics for name, r in validated.items()},
+        figures=figures,
+    )
+    return figures
+
+
+def train_detector(
+    data: DataArguments, model_args: ModelArguments, detector: DetectorArguments, command: str
+) -> dict[str, ProductResult]:
+    """Everything ``main`` does, raising instead of exiting (tests and notebooks call this).
+
+    Raises:
+        DataError: bad arguments or data; ModelLoadError: the backbone cannot be loaded;
+        LayerError: ``--layers`` names a module the backbone does not have.
+    """
+    check_arguments(data, detector)
+    input_size = parse_image_size(model_args.image_size)
+    products = find_products(data.train_dir)
+    validation = find_validation_sets(data.validation_defect_dir, list(products)) if data.validation_defect_dir else {}
+    torch.manual_seed(data.seed)
+    model, processor, mean, std = load_backbone(model_args.backbone)
+    layers = [name.strip() for name in model_args.layers.split(",") if name.strip()] if model_args.layers else None
+    extractor = PatchFeatureExtractor(model, layers or default_layers(model))
+    config = AnomalyConfig(
+        backbone=model_args.backbone,
+        layers=extractor.layers,
+        input_size=input_size,
+        mean=mean,
+        std=std,
+        coreset_ratio=detector.coreset_ratio,
+        sigma=detector.sigma,
+    )
+    results = {}
+    for name, files in products.items():
+        started = time.perf_counter()
+        results[name] = fit_product(
+            name,
+            files,
+            extractor,
+            config,
+            holdout_fraction=data.holdout_fraction,
+            false_reject_target=detector.false_reject_rate,
+            seed=data.seed,
+            batch_size=detector.batch_size,
+            progress=not detector.no_progress,
+        )
+        logger.info(
+            "%s: memory bank of %d patches in %.1f s", name, results[name].bank.shape[0], time.perf_counter() - started
+        )
+        if name in validation:
+            _, holdout_index = split_good_images(len(files), data.holdout_fraction, data.seed)
+            validate_product(
+                name,
+                results[name],
+                validation[name],
+                [files[i] for i in holdout_index],
+                extractor,
+                config,
+                detector.batch_size,
+            )
+        config.products[name] = results[name].rule
+    extractor.remove_hooks()
+    out = Path(detector.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (ROC_PLOT, ANOMALY_MAPS_PLOT, VALIDATION_SCORES_FILE, EVAL_RESULTS_FILE):
+        (out / name).unlink(missing_ok=True)  # an earlier run's validation must not pass for this one's
+    # The backbone goes in whole (a few MB more than the hooked layers need) so the directory is a
+    # normal checkpoint: offline, self-contained, and loaded by the same code as every model.
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    save_anomaly_model(out, config, {name: r.bank for name, r in results.items()})
+    _write_report(out, results, config, command)
+    return results
+
+
+def parse_args(argv: Sequence[str]) -> tuple[DataArguments, ModelArguments, DetectorArguments]:
+    """Flags, or a single ``.json`` file holding them all."""
+    parser = HfArgumentParser((DataArguments, ModelArguments, DetectorArguments), prog=PROG)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(argv[0])
+    return parser.parse_args_into_dataclasses(args=list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: train, write the detector, print where it went and its thresholds."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    data, model_args, detector = parse_args(argv)
+    command = f"{PROG} {shlex.join(argv)}"
+    try:
+        results = train_detector(data, model_args, detector, command)
+    except (DataError, ModelLoadError, LayerError) as error:
+        sys.exit(f"error: {error}")
+    for name, result in results.items():
+        line = f"{name}: {result.rule.bank_size} patches, threshold {result.rule.threshold:.4f}"
+        if result.metrics:
+            line += (
+                f", image AUROC {result.metrics['image_auroc']:.3f}, pixel AUROC {result.metrics['pixel_auroc']:.3f}"
+            )
+        print(line)
+    print(f"wrote the anomaly detector to {detector.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
