@@ -148,6 +148,8 @@ class TrainingJobs:
             "task": job.task,
             "data": job.data,
             "runs": job.runs,
+            # The latest run's wall time, from process start to exit (so far, while it runs).
+            "seconds": None if job.started is None else round((job.ended or time.time()) - job.started, 1),
             "command": command_line(job.module, job.argv),
         }
         if job.state == FINISHED:
