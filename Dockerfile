@@ -60,6 +60,8 @@ COPY models models/
 COPY examples examples/
 COPY app.py ./
 COPY api api/
+# The Train tab's job runner; the training CLIs (train/, datasets, accelerate) are not in this serving image.
+COPY jobs jobs/
 COPY common common/
 COPY pipelines pipelines/
 COPY ui ui/

@@ -168,11 +168,17 @@ def _without_flag(argv: list[str], flag: str) -> list[str]:
 def check_argv(task: str, argv: list[str]) -> None:
     """Parse ``argv`` with the task's CLI parser, as the job will; raises JobError in the CLI's words."""
     # Imported here: the training scripts pull in the Trainer, which the app needs only for this check.
-    if MODULES[task] == "train.segmentation.train":
-        from train.segmentation.train import parse_args
-    else:
-        from train.classification.train import parse_args
-    from train.arguments import ArgumentsError
+    try:
+        if MODULES[task] == "train.segmentation.train":
+            from train.segmentation.train import parse_args
+        else:
+            from train.classification.train import parse_args
+        from train.arguments import ArgumentsError
+    except ImportError as error:  # the serving container ships without train/ and its packages
+        raise JobError(
+            f"Training is not installed in this app ({error.name} is missing): the serving image only runs models. "
+            "Train with the full install (make run, or pip install -r requirements.txt), then serve the model."
+        ) from None
 
     try:
         parse_args(argv)
