@@ -69,6 +69,10 @@ bench-export: venv
 bench-train: venv
 	$(PY) -m bench.train_classification $(ARGS)
 
+# A training through the Train tab's /train_start against the same command from the CLI.
+bench-train-tab: venv
+	$(PY) -m bench.train_tab $(ARGS)
+
 # Issue 15: PatchCore-style anomaly detection from good images only (generated steel and parts).
 bench-anomaly: venv
 	$(PY) -m bench.anomaly $(ARGS)
