@@ -318,3 +318,21 @@ def test_perfect_validation_does_not_make_every_answer_certain():
     from train.classification.calibration import fit_temperature
 
     assert fit_temperature_without_overreach(logits, labels) == fit_temperature(logits, labels)
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    """A process killed while saving leaves checkpoint-N without trainer_state.json: resume from the one before."""
+    from transformers import TrainingArguments
+
+    from train.arguments import check_output_dir
+
+    for step, complete in ((2, True), (4, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    assert check_output_dir(args, overwrite=False) == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
+    assert check_output_dir(args, overwrite=False) is None  # nothing complete: start fresh

@@ -16,7 +16,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from common.checkpoint_files import CONFIG_FILE
+from common.checkpoint_files import CONFIG_FILE, TRAINER_STATE_FILE
 from train.data import DataError
 
 logger = logging.getLogger("vispect.train")
@@ -87,6 +87,26 @@ def script_defaults(given: dict, base: dict) -> dict:
     return defaults
 
 
+def last_complete_checkpoint(output: Path) -> str | None:
+    """The newest ``checkpoint-N`` that the Trainer finished writing, or None.
+
+    The Trainer writes ``trainer_state.json`` after the weights and optimizer, so a checkpoint
+    without it was cut short (the process was killed while saving) and cannot be resumed from;
+    the one before it can.
+    """
+    last = get_last_checkpoint(str(output))
+    while last is not None and not (Path(last) / TRAINER_STATE_FILE).is_file():
+        logger.warning("Skipping %s: it was not written to the end (no %s).", last, TRAINER_STATE_FILE)
+        step = int(Path(last).name.split("-")[-1])
+        older = [
+            path
+            for path in output.glob("checkpoint-*")
+            if path.is_dir() and path.name.split("-")[-1].isdigit() and int(path.name.split("-")[-1]) < step
+        ]
+        last = str(max(older, key=lambda path: int(path.name.split("-")[-1]))) if older else None
+    return last
+
+
 def check_output_dir(training_args: TrainingArguments, overwrite: bool) -> str | None:
     """Resume from the last checkpoint if there is one; never overwrite a finished model silently.
 
@@ -101,7 +121,7 @@ def check_output_dir(training_args: TrainingArguments, overwrite: bool) -> str |
         return training_args.resume_from_checkpoint
     if not output.is_dir():
         return None
-    last = get_last_checkpoint(str(output))
+    last = last_complete_checkpoint(output)
     if last is not None:
         logger.info("Resuming from %s (rerun with another --output_dir to start fresh).", last)
         return last
