@@ -149,7 +149,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_continues_from_it(jobs, colours_zi
     status = wait_for(service, job.id, ended)
     assert status["state"] == CANCELLED, status
     model_dir = service.manager.store.model_dir(job.id)
-    checkpoints = sorted(model_dir.glob("checkpoint-*"))
+    checkpoints = sorted(model_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
     assert checkpoints, "cancel must leave a checkpoint to resume from"
     stopped_at = int(checkpoints[-1].name.split("-")[1])
     assert stopped_at < status["max_steps"]
