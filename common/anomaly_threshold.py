@@ -63,7 +63,21 @@ def is_anomalous(normalised_scores: Sequence[float] | np.ndarray | float) -> np.
     return bool(verdict) if verdict.ndim == 0 else verdict
 
 
-def false_reject_rate(good_normalised_scores: Sequence[float] | np.ndarray) -> float:
-    """The share of good images the rule rejects (NaN when there are none)."""
-    scores = np.asarray(good_normalised_scores, dtype=np.float64)
-    return float(is_anomalous(scores).mean()) if scores.size else float("nan")
+def false_reject_rate(good_scores: Sequence[float] | np.ndarray, threshold: float = 1.0) -> float:
+    """The share of good images the rule rejects at ``threshold`` (NaN when there are none).
+
+    Args:
+        good_scores: Good images' scores: raw (``ProductRule.held_out_scores``) with a raw
+            threshold, or normalised with the default threshold 1.0.
+        threshold: The line on the same scale; an image exactly at it passes, as in :func:`is_anomalous`.
+
+    Raises:
+        ValueError: a threshold that is not a positive number.
+
+    >>> false_reject_rate([1.0, 2.0, 3.0, 4.0], threshold=2.0)
+    0.5
+    """
+    if not threshold > 0 or not math.isfinite(threshold):
+        raise ValueError(f"threshold {threshold} must be a positive number (1.0 is the fitted threshold)")
+    scores = np.asarray(good_scores, dtype=np.float64)
+    return float(is_anomalous(normalise_scores(scores, threshold)).mean()) if scores.size else float("nan")

@@ -5,8 +5,10 @@ Flags say why a person should look (``common.inspection_log.FLAGS``):
 - ``unknown``: the open-set rule said the image shows none of the classes;
 - ``low_confidence``: the top score is below ``low_confidence`` (raw or calibrated, as served); for a
   segmentation, ``pipelines.segmentation.defect_confidence`` (the Inspect tab's): the defect pixels'
-  mean confidence, or for a clean strip one minus stage 1's highest defect probability;
-- ``defective``: the segmenter painted defects;
+  mean confidence, or for a clean strip one minus stage 1's highest defect probability; for an
+  anomaly score, being within ``ANOMALY_MARGIN`` (10%) of the line on either side, where the
+  held-out good images' scores and small defects' scores overlap most;
+- ``defective``: the segmenter painted defects, or an anomaly detector's score is above its line;
 - ``disagree``: two models contradict each other: stage 1 says a defect type is present but the
   segmenter paints nothing, the segmenter alone paints defects that stage 1 ruled out (known
   only when the result kept its probabilities), or a second classifier's top class differs.
@@ -21,17 +23,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from common.anomaly_threshold import false_reject_rate
 from common.checkpoint_files import MIN_AREA_KEY
 from common.image_store import image_sha256
 from common.inspection_log import Decision
 from pipelines.fingerprints import model_fingerprint
 
 if TYPE_CHECKING:
+    from pipelines.anomaly_detection import AnomalyDetector, AnomalyResult
     from pipelines.classification import Classification, ImageClassifier
     from pipelines.segmentation import DefectSegmenter, Segmentation
 
 __all__ = [
+    "ANOMALY_MARGIN",
     "DEFAULT_LOW_CONFIDENCE",
+    "anomaly_decision",
     "classification_decision",
     "image_sha256",
     "segmentation_decision",
@@ -40,6 +46,10 @@ __all__ = [
 # Below this top score a classification waits for review. 0.5: under it another class (or several
 # together) is at least as likely as the answer.
 DEFAULT_LOW_CONFIDENCE = 0.5
+# An anomaly score this close to the line (a share of it, either side) is flagged low_confidence:
+# 0.9 to 1.1 times the threshold. The threshold is a quantile of a few dozen good images, so a
+# score this near it could fall on the other side with another few good images, or another light.
+ANOMALY_MARGIN = 0.1
 # Scores kept per classification: the top ones, enough to see the runner-up without storing 1000.
 TOP_SCORES = 5
 
@@ -175,3 +185,60 @@ def _stages_disagree(result: Segmentation) -> bool:
         painted = set(result.probabilities.argmax(axis=0).ravel().tolist()) - {0}
         return any(region.ruled_out and region.class_id in painted for region in result.regions)
     return False
+
+
+def anomaly_decision(
+    result: AnomalyResult,
+    detector: AnomalyDetector,
+    image: bytes,
+    *,
+    channel: str,
+    file_name: str | None = None,
+    threshold: float | None = None,
+    margin: float = ANOMALY_MARGIN,
+) -> Decision:
+    """The log's record of one anomaly score, judged at ``threshold``.
+
+    Args:
+        result: ``detector.detect(...)`` of the image.
+        detector: The detector that scored it.
+        image: The uploaded file's bytes.
+        channel: The tab or ``"api"`` that asked.
+        file_name: The name the user gave the file.
+        threshold: The line the answer was given at, normalised (1.0, the default, is the one fitted
+            on good images; the Anomaly tab's slider may move it).
+        margin: Scores within this share of the line, either side, are flagged ``low_confidence``.
+    """
+    line = 1.0 if threshold is None else float(threshold)
+    anomalous = result.anomalous_at(line)
+    flags = ["defective"] if anomalous else []
+    if abs(result.score - line) <= margin * line:
+        flags.append("low_confidence")
+    held_out = detector.held_out_scores(result.product)
+    thresholds = {
+        "threshold": line,
+        "raw_threshold": line * result.threshold,
+        "fitted_raw_threshold": result.threshold,
+        "low_confidence_margin": margin,
+    }
+    if held_out:
+        # What the line costs on good images, so a moved slider's price is on the record.
+        thresholds["held_out_false_reject_rate"] = false_reject_rate(held_out, line * result.threshold)
+    return Decision(
+        task="anomaly",
+        channel=channel,
+        image_sha256=image_sha256(image),
+        file_name=file_name,
+        model_source=detector.source,
+        model_fingerprint=model_fingerprint(detector),
+        thresholds=thresholds,
+        answer="anomalous" if anomalous else "good",
+        scores={
+            "product": result.product,
+            "score": float(result.score),
+            "raw_score": float(result.raw_score),
+            "area": result.area_fraction_at(line),
+        },
+        defective=anomalous,
+        flags=tuple(flags),
+    )

@@ -29,8 +29,12 @@ def served_weight_files(pipeline) -> list[Path]:
 
     Under ONNX Runtime that is the graph (``model.onnx``, from the export cache for the
     embedded models) with any external-data file beside it; under PyTorch the checkpoint's
-    ``model*.safetensors`` (or, for old checkpoints, ``pytorch_model*.bin``).
+    ``model*.safetensors`` (or, for old checkpoints, ``pytorch_model*.bin``). A pipeline that
+    names its own files (an anomaly detector: its memory banks and backbone) is taken at its word.
     """
+    own_files = getattr(pipeline, "weight_files", None)
+    if callable(own_files):
+        return own_files()
     onnx_file = pipeline.served.onnx_file
     if onnx_file is not None:
         graph = Path(onnx_file)

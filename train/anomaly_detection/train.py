@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification, HfArgumentParser
 
 from common.anomaly_features import LayerError, PatchFeatureExtractor, default_layers, embed_images, patch_vectors
-from common.anomaly_files import AnomalyConfig, ProductRule, save_anomaly_model
+from common.anomaly_files import BANK_DTYPES, AnomalyConfig, ProductRule, save_anomaly_model, saves_backbone
 from common.anomaly_scores import DEFAULT_SIGMA, anomaly_maps, image_scores, patch_score_grids
 from common.anomaly_threshold import (
     DEFAULT_FALSE_REJECT_RATE,
@@ -48,9 +48,11 @@ from common.checkpoint_files import (
     ANOMALY_MAPS_PLOT,
     CONFIG_FILE,
     EVAL_RESULTS_FILE,
+    PROCESSOR_FILE,
     ROC_PLOT,
     SCORE_HISTOGRAM_PLOT,
     VALIDATION_SCORES_FILE,
+    WEIGHTS_FILE,
 )
 from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
 from common.default_model import DEFAULT_MODEL
@@ -119,6 +121,13 @@ class DetectorArguments:
     )
     sigma: float = field(default=DEFAULT_SIGMA, metadata={"help": "Gaussian smoothing of anomaly maps (input pixels)."})
     batch_size: int = field(default=8, metadata={"help": "Images per forward pass of the backbone."})
+    memory_bank_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "How the memory bank is stored: float32, or float16 for half the file (read back as float32; "
+            "on the demo detector scores moved by under 2e-4 of the threshold)."
+        },
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace a detector already in --output_dir."})
     no_progress: bool = field(default=False, metadata={"help": "Hide the progress bars."})
 
@@ -155,6 +164,8 @@ def check_arguments(data: DataArguments, detector: DetectorArguments) -> None:
         raise DataError(f"--coreset_ratio {detector.coreset_ratio} must be in (0, 1]; PatchCore uses 0.1")
     if detector.batch_size < 1:
         raise DataError(f"--batch_size {detector.batch_size} must be at least 1")
+    if detector.memory_bank_dtype not in BANK_DTYPES:
+        raise DataError(f"--memory_bank_dtype {detector.memory_bank_dtype!r} must be one of {', '.join(BANK_DTYPES)}")
     if detector.sigma < 0:
         raise DataError(f"--sigma {detector.sigma} must be 0 (no smoothing) or more; PatchCore uses 4")
     if not 0.0 < data.holdout_fraction < 1.0:
@@ -207,6 +218,7 @@ def fit_product(
     seed: int,
     batch_size: int = 8,
     progress: bool = True,
+    bank_dtype: str = "float32",
 ) -> ProductResult:
     """Build one product's memory bank from its good images and fit its threshold on the held-out ones.
 
@@ -220,6 +232,8 @@ def fit_product(
         train_embedding = embed_images(extractor, [images[i] for i in bank_index], **embed, progress=bar.update)
         holdout_embedding = embed_images(extractor, [images[i] for i in holdout_index], **embed, progress=bar.update)
     bank = coreset(patch_vectors(train_embedding), config.coreset_ratio, seed=seed, progress=progress)
+    # Rounded as it will be stored, so the threshold is fitted on the bank that inference reads back.
+    bank = bank.to(BANK_DTYPES[bank_dtype]).float()
     del train_embedding  # the largest tensor of the run; the bank is a tenth of it
     raw = image_scores(patch_score_grids(holdout_embedding, bank))
     threshold = fit_threshold(raw, false_reject_target)
@@ -232,6 +246,7 @@ def fit_product(
         n_holdout_images=len(holdout_index),
         bank_size=int(bank.shape[0]),
         image_size=[images[0].height, images[0].width],
+        held_out_scores=[float(score) for score in raw],
     )
     return ProductResult(bank=bank, rule=rule, holdout_scores=holdout_scores)
 
@@ -321,7 +336,9 @@ def validate_product(
         )
 
 
-def _write_report(out: Path, results: dict[str, ProductResult], config: AnomalyConfig, command: str) -> list[str]:
+def _write_report(
+    out: Path, results: dict[str, ProductResult], config: AnomalyConfig, command: str, bank_dtype: str = "float32"
+) -> list[str]:
     figures = []
     histograms = {name: (r.validation or {"held-out good": r.holdout_scores}) for name, r in results.items()}
     report.plot_score_histogram(histograms, out / SCORE_HISTOGRAM_PLOT)
@@ -342,6 +359,7 @@ def _write_report(out: Path, results: dict[str, ProductResult], config: AnomalyC
         "layers": ", ".join(config.layers),
         "input size (h x w)": f"{config.input_size[0]} x {config.input_size[1]}",
         "coreset ratio": config.coreset_ratio,
+        "memory bank stored as": bank_dtype,
         "anomaly map smoothing (sigma, input pixels)": config.sigma,
     }
     report.write_model_card(
@@ -352,6 +370,7 @@ def _write_report(out: Path, results: dict[str, ProductResult], config: AnomalyC
         products={name: vars(r.rule) for name, r in results.items()},
         metrics={name: r.metrics for name, r in validated.items()},
         figures=figures,
+        backbone_saved=saves_backbone(config.backbone),
     )
     return figures
 
@@ -395,6 +414,7 @@ def train_detector(
             seed=data.seed,
             batch_size=detector.batch_size,
             progress=not detector.no_progress,
+            bank_dtype=detector.memory_bank_dtype,
         )
         logger.info(
             "%s: memory bank of %d patches in %.1f s", name, results[name].bank.shape[0], time.perf_counter() - started
@@ -414,14 +434,19 @@ def train_detector(
     extractor.remove_hooks()
     out = Path(detector.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name in (ROC_PLOT, ANOMALY_MAPS_PLOT, VALIDATION_SCORES_FILE, EVAL_RESULTS_FILE):
-        (out / name).unlink(missing_ok=True)  # an earlier run's validation must not pass for this one's
-    # The backbone goes in whole (a few MB more than the hooked layers need) so the directory is a
-    # normal checkpoint: offline, self-contained, and loaded by the same code as every model.
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    save_anomaly_model(out, config, {name: r.bank for name, r in results.items()})
-    _write_report(out, results, config, command)
+    # An earlier run's validation (or backbone) must not pass for this one's.
+    reports = (ROC_PLOT, ANOMALY_MAPS_PLOT, VALIDATION_SCORES_FILE, EVAL_RESULTS_FILE)
+    for name in (*reports, CONFIG_FILE, WEIGHTS_FILE, PROCESSOR_FILE):
+        (out / name).unlink(missing_ok=True)
+    if saves_backbone(config.backbone):
+        # The backbone goes in whole (a few MB more than the hooked layers need) so the directory is a
+        # normal checkpoint: offline, self-contained, and loaded by the same code as every model.
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
+    # The default backbone is not copied: it is installed with the project (common.anomaly_files).
+    banks = {name: r.bank for name, r in results.items()}
+    save_anomaly_model(out, config, banks, dtype=detector.memory_bank_dtype)
+    _write_report(out, results, config, command, detector.memory_bank_dtype)
     return results
 
 
