@@ -29,11 +29,18 @@ from api import API_KEY_ENV, ApiLimits, create_api_router, gradio_app_kwargs
 from common.checkpoints import ModelLoadError, resolve_checkpoint
 from common.image_io import MAX_FILE_BYTES
 from common.inspection_log import DATA_ENV, IMAGES_FOLDER, InspectionLog, InspectionLogError, data_dir, default_url
-from jobs.commands import SEGMENTER
+from jobs.commands import EXPORT, SEGMENTER
 from jobs.manager import JobManager
 from jobs.service import TrainingJobs
 from jobs.store import Job, JobError
-from pipelines.registry import PROJECT_MODELS_DIR, ClassifierRegistry, LazySegmenter
+from pipelines.anomaly_detection.registry import AnomalyDetectors
+from pipelines.registry import (
+    PROJECT_MODELS_DIR,
+    ClassifierRegistry,
+    LazySegmenter,
+    SegmenterRegistry,
+    is_classifier_checkpoint,
+)
 from pipelines.runtime import RUNTIME_HELP, RUNTIMES
 from ui import TITLE, build_demo
 
@@ -61,6 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="folder with the demo models and extra classifier checkpoints (default: models/ beside app.py)",
     )
     parser.add_argument("--segmenter", help="defect segmentation checkpoint (default: models/steel-segformer)")
+    parser.add_argument(
+        "--anomaly-model",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="anomaly detector folder (python -m train.anomaly_detection) for the Anomaly tab (repeatable); "
+        "models/steel-anomaly is offered automatically",
+    )
     parser.add_argument("--stage1", help="with --segmenter: its stage-1 'which defects are present' classifier")
     parser.add_argument("--runtime", choices=RUNTIMES, default="auto", help=f"for every model, {RUNTIME_HELP}")
     parser.add_argument("--max-file-mb", type=float, default=MAX_FILE_BYTES / 2**20, help="upload size limit in MB")
@@ -141,9 +156,12 @@ def open_inspection_log(args: argparse.Namespace) -> InspectionLog | None:
 
 
 def open_training_jobs(
-    args: argparse.Namespace, registry: ClassifierRegistry, inspection_log: InspectionLog | None
+    args: argparse.Namespace,
+    registry: ClassifierRegistry,
+    inspection_log: InspectionLog | None,
+    segmenters: SegmenterRegistry | None = None,
 ) -> TrainingJobs:
-    """The Train tab's jobs in ``--jobs-dir``; every finished classifier joins ``registry``'s choices.
+    """The Train tab's jobs in ``--jobs-dir``; every finished classifier joins ``registry``, segmenter ``segmenters``.
 
     Running jobs are stopped with a checkpoint when the app exits, and offered for resuming after.
 
@@ -152,8 +170,14 @@ def open_training_jobs(
     """
 
     def offer(job: Job) -> None:
-        if job.task != SEGMENTER:
-            registry.add(f"{job.id}: trained on {job.data}", str(manager.store.model_dir(job.id)))
+        model_dir = manager.store.model_dir(job.id)
+        label = f"{job.id}: {job.data}" if job.task == EXPORT else f"{job.id}: trained on {job.data}"
+        # An export is of either kind: its config says which.
+        is_segmenter = job.task == SEGMENTER or (job.task == EXPORT and not is_classifier_checkpoint(model_dir))
+        if not is_segmenter:
+            registry.add(label, str(model_dir))
+        elif segmenters is not None:
+            segmenters.add(label, str(model_dir))
 
     manager = JobManager(args.jobs_dir or data_dir() / JOBS_FOLDER, max_running=args.train_jobs, on_finished=offer)
     atexit.register(manager.close)
@@ -196,7 +220,7 @@ def launch_app(
 
 
 registry = ClassifierRegistry.from_sources()
-demo = build_demo(registry, LazySegmenter.from_models_dir())
+demo = build_demo(registry, LazySegmenter.from_models_dir(), anomaly_detectors=AnomalyDetectors.from_sources())
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -211,6 +235,8 @@ if __name__ == "__main__":
             resolve_checkpoint(source)  # a mistyped path fails now, not at the first request
         registry = ClassifierRegistry.from_sources(cli.classifier, models_dir=cli.models_dir, runtime=cli.runtime)
         registry.get()  # load (and on first run, convert and export) the default model before serving
+        anomaly_detectors = AnomalyDetectors.from_sources(cli.anomaly_model, models_dir=cli.models_dir)
+        anomaly_detectors.check()  # a mistyped --anomaly-model fails now, not at the first request
     except ModelLoadError as error:
         sys.exit(f"error: {error}")
     segmenter_source = (
@@ -219,12 +245,18 @@ if __name__ == "__main__":
         else LazySegmenter.from_models_dir(cli.models_dir, runtime=cli.runtime)
     )
     try:
-        training = open_training_jobs(cli, registry, inspection_log)
+        segmenters = SegmenterRegistry(segmenter_source)
+        training = open_training_jobs(cli, registry, inspection_log, segmenters)
     except JobError as error:
         sys.exit(f"error: {error}")
     max_file_bytes = int(cli.max_file_mb * 2**20)
     demo = build_demo(
-        registry, segmenter_source, max_file_bytes=max_file_bytes, inspection_log=inspection_log, training=training
+        registry,
+        segmenters,
+        max_file_bytes=max_file_bytes,
+        inspection_log=inspection_log,
+        training=training,
+        anomaly_detectors=anomaly_detectors,
     )
     limits = ApiLimits(max_file_bytes=max_file_bytes, concurrency=cli.concurrency)
     rest_api = create_api_router(registry, segmenter_source, limits, cli.api_key, inspection_log=inspection_log)

@@ -11,10 +11,14 @@ user repeating the run would, and compares:
 * every saved metric (validation, test, calibration), which must be equal: the same data, flags
   and seed on the same machine give the same model.
 
+``--rounds`` pairs are run per data set, the order alternating (tab then CLI, then CLI then tab),
+so that a slower or busier stretch of a shared machine does not always fall on the same side; the
+ratio is of the medians.
+
 The recipes are those of ``bench/train_classification.py`` set through the tab's controls (epochs,
 image size, learning rate, augmentation; the rest in the Advanced box). A measurement, not a test.
 
-    python -m bench.train_tab [--datasets digits,parts] [--epochs N] [--out PATH]
+    python -m bench.train_tab [--datasets digits,parts] [--epochs N] [--rounds 2] [--out PATH]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import argparse
 import json
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -144,34 +149,56 @@ def compare_metrics(tab: dict, cli: dict) -> dict:
     return {"match": not different, "different": {k: [tab.get(k), cli.get(k)] for k in different}, "compared": keys}
 
 
-def run_dataset(name: str, client, work: Path, epochs: float | None) -> dict:
+def run_dataset(name: str, client, work: Path, epochs: float | None, rounds: int) -> dict:
+    """``rounds`` pairs of (tab, CLI) runs, the order alternating so that neither always goes first.
+
+    The first round learns the job's command from the tab; a CLI-first round reuses it (same data,
+    flags and seed; only the output folder differs). Every run's metrics must equal the first's.
+    """
     data = ensure_data(name, work / "data")
     archive = zip_folder(data, work / f"{name}.zip")
     recipe = {**RECIPES[name], **({"epochs": epochs} if epochs else {})}
-    status = train_in_the_tab(client, archive, recipe)
-    if status["state"] != "finished":
-        return {"dataset": name, "recipe": recipe, "tab": status, "error": status["message"]}
-    job_model = Path(status["model"])
-    job_data = str(job_model.parent / "data" / name)
-    output_dir = work / "cli-runs" / name
-    argv = cli_argv(status["command"], job_data, data, output_dir)
-    if output_dir.exists():
-        import shutil
+    runs, command, job_data, reference = [], None, None, None
+    for round_index in range(rounds):
+        order = ("tab", "cli") if round_index % 2 == 0 or command is None else ("cli", "tab")
+        for kind in order:
+            if kind == "tab":
+                status = train_in_the_tab(client, archive, recipe)
+                if status["state"] != "finished":
+                    return {"dataset": name, "recipe": recipe, "tab": status, "error": status["message"]}
+                job_model = Path(status["model"])
+                command, job_data = status["command"], str(job_model.parent / "data" / name)
+                run = {"kind": "tab", "job": status["job_id"], "seconds": status["seconds"], "model": job_model}
+            else:
+                output_dir = work / "cli-runs" / f"{name}-{round_index}"
+                if output_dir.exists():
+                    import shutil
 
-        shutil.rmtree(output_dir)
-    cli_seconds = train_from_the_cli(argv, work / f"cli-{name}.log")
-    tab_metrics = json.loads((job_model / ALL_RESULTS_FILE).read_text())
-    cli_metrics = json.loads((output_dir / ALL_RESULTS_FILE).read_text())
+                    shutil.rmtree(output_dir)
+                argv = cli_argv(command, job_data, data, output_dir)
+                seconds = train_from_the_cli(argv, work / f"cli-{name}-{round_index}.log")
+                run = {"kind": "cli", "seconds": round(seconds, 1), "model": output_dir}
+                cli_command = shlex.join(["python", "-m", "train.classification.train", *argv])
+            run["round"] = round_index
+            run["metrics"] = json.loads((Path(run.pop("model")) / ALL_RESULTS_FILE).read_text())
+            reference = reference or run["metrics"]
+            run["comparison"] = compare_metrics(reference, run["metrics"])
+            runs.append(run)
+    tab = [run["seconds"] for run in runs if run["kind"] == "tab"]
+    cli = [run["seconds"] for run in runs if run["kind"] == "cli"]
     return {
         "dataset": name,
         "recipe": recipe,
-        "job": status["job_id"],
-        "tab_seconds": status["seconds"],
-        "cli_seconds": round(cli_seconds, 1),
-        "tab_over_cli": round(status["seconds"] / cli_seconds, 3),
-        "test_accuracy": {"tab": tab_metrics.get("test_accuracy"), "cli": cli_metrics.get("test_accuracy")},
-        "comparison": compare_metrics(tab_metrics, cli_metrics),
-        "cli_command": shlex.join(["python", "-m", "train.classification.train", *argv]),
+        "runs": [{k: v for k, v in run.items() if k != "metrics"} for run in runs],
+        "tab_seconds": tab,
+        "cli_seconds": cli,
+        "tab_over_cli": round(statistics.median(tab) / statistics.median(cli), 3),
+        "test_accuracy": {
+            kind: [r["metrics"].get("test_accuracy") for r in runs if r["kind"] == kind] for kind in ("tab", "cli")
+        },  # fmt: skip
+        "match": all(run["comparison"]["match"] for run in runs),
+        "different": [run["comparison"]["different"] for run in runs if not run["comparison"]["match"]],
+        "cli_command": cli_command,
     }
 
 
@@ -183,11 +210,11 @@ def summary_text(report: dict) -> str:
             lines.append(f"{run['dataset']}: the tab's job ended {run['tab']['state']}: {run['error']}")
             continue
         accuracy = run["test_accuracy"]
-        verdict = "identical" if run["comparison"]["match"] else f"DIFFERENT: {run['comparison']['different']}"
+        verdict = "identical in every run" if run["match"] else f"DIFFERENT: {run['different']}"
+        order = ", ".join(f"{r['kind']} {r['seconds']:.0f} s" for r in run["runs"])
         lines.append(
-            f"{run['dataset']}: tab {run['tab_seconds']:.0f} s, CLI {run['cli_seconds']:.0f} s "
-            f"(tab/CLI {run['tab_over_cli']:.2f}); test accuracy tab {accuracy['tab']:.4f}, "
-            f"CLI {accuracy['cli']:.4f}; metrics {verdict}"
+            f"{run['dataset']}: {order} (median tab/CLI {run['tab_over_cli']:.2f}); test accuracy "
+            f"tab {accuracy['tab']}, CLI {accuracy['cli']}; metrics {verdict}"
         )
     return "\n".join(lines)
 
@@ -197,11 +224,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--datasets", default="digits,parts", help="comma-separated: digits, parts")
     parser.add_argument("--epochs", type=float, help="override the recipes' epochs (a quicker run)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="pairs of runs per data set, the order alternating (default 2)"
+    )
     args = parser.parse_args(argv)
     args.datasets = [name.strip() for name in args.datasets.split(",") if name.strip()]
     unknown = [name for name in args.datasets if name not in RECIPES]
     if unknown:
         parser.error(f"--datasets: unknown {unknown}; choose from {', '.join(RECIPES)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.epochs is not None and args.epochs <= 0:
         parser.error(f"--epochs must be positive, got {args.epochs}")
     return args
@@ -215,14 +247,14 @@ def main(argv=None) -> int:
     process, url = start_app(WORK)
     try:
         client = Client(url, verbose=False)
-        runs = [run_dataset(name, client, WORK, args.epochs) for name in args.datasets]
+        runs = [run_dataset(name, client, WORK, args.epochs, args.rounds) for name in args.datasets]
     finally:
         stop_process(process)
     flags = set(read_cpu_flags() or [])
     shown = " ".join(flag for flag in SHOWN_FLAGS if flag in flags) or "none of " + " ".join(SHOWN_FLAGS)
     report = {"machine": machine_info(), "cpu_flags": shown, "runs": runs}
     publish_report(report, args.out, summary_text(report))
-    return 0 if all("error" not in run and run["comparison"]["match"] for run in runs) else 1
+    return 0 if all("error" not in run and run["match"] for run in runs) else 1
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ TRAINING = "training"
 EVALUATING = "evaluating"
 CALIBRATING = "calibrating"
 WRITING_REPORT = "writing report"
-PHASES = (CHECKING_DATA, TRAINING, EVALUATING, CALIBRATING, WRITING_REPORT)
+# The one phase of an export job (python -m train.export, the Train tab's "Export for CPU").
+EXPORTING = "exporting"
+PHASES = (CHECKING_DATA, TRAINING, EVALUATING, CALIBRATING, WRITING_REPORT, EXPORTING)
 
 # How a run ended.
 FINISHED, FAILED, STOPPED = "finished", "failed", "stopped"
@@ -35,7 +37,14 @@ FINISHED, FAILED, STOPPED = "finished", "failed", "stopped"
 STOPPED_EXIT = 143
 
 # Where each phase starts on the overall progress bar; training fills the span up to the next.
-_PHASE_START = {CHECKING_DATA: 0.0, TRAINING: 0.03, EVALUATING: 0.9, CALIBRATING: 0.94, WRITING_REPORT: 0.97}
+_PHASE_START = {
+    CHECKING_DATA: 0.0,
+    TRAINING: 0.03,
+    EVALUATING: 0.9,
+    CALIBRATING: 0.94,
+    WRITING_REPORT: 0.97,
+    EXPORTING: 0.05,
+}
 
 
 @dataclass

@@ -24,6 +24,9 @@ MODULES = {
     SEGMENTER: "train.segmentation.train",
 }
 DEFAULT_BASE_MODEL = {CLASSIFIER: "default", MULTI_LABEL: "default", SEGMENTER: "b0"}
+# The "Export for CPU" job: a finished model copied with its network in ONNX (``python -m train.export``).
+EXPORT = "export"
+EXPORT_MODULE = "train.export"
 
 # Augmentation strength -> classifier flags. "standard" is the CLI's own defaults; "light" is the
 # recipe that reached the digits and parts goals in bench/train_classification.py.
@@ -184,6 +187,40 @@ def check_argv(task: str, argv: list[str]) -> None:
         parse_args(argv)
     except ArgumentsError as error:
         raise JobError(f"The training command was refused: {error}") from None
+
+
+def export_argv(model_dir: str, output_dir: str, training_argv: list[str], int8: bool) -> list[str]:
+    """The ``train.export`` flags that ship a job's model for a CPU box: ONNX, checked on the job's own data.
+
+    The check against PyTorch uses the job's test split (else its validation split; a segmenter's
+    Kaggle folder); int8 is calibrated on the training images. A segmenter's one folder serves both,
+    so with int8 it is left to the export to hold out the images it did not calibrate on.
+    """
+    flags = _flag_values(training_argv)
+    held_out = flags.get("test_dir") or flags.get("validation_dir") or flags.get("data_dir")
+    calibration = flags.get("train_dir") or flags.get("data_dir")
+    argv = [model_dir, output_dir, "--format", "onnx"]
+    if int8:
+        argv += ["--quantize", "int8", *(["--calibration_dir", calibration] if calibration else [])]
+    if held_out and not (int8 and held_out == calibration):
+        argv += ["--eval_dir", held_out]
+    return argv
+
+
+def check_export_installed() -> None:
+    """Raises JobError when ``train.export`` (and the onnx packages it needs) cannot be imported here."""
+    try:
+        import train.export.cli  # noqa: F401
+    except ImportError as error:
+        raise JobError(
+            f"Exporting is not installed in this app ({error.name} is missing): the serving image only runs models. "
+            f"Export with the full install (python -m {EXPORT_MODULE} MODEL OUT --format onnx)."
+        ) from None
+
+
+def _flag_values(argv: list[str]) -> dict[str, str]:
+    """``--name value`` pairs of a command line (the last one wins, as for argparse)."""
+    return {word[2:]: value for word, value in zip(argv, argv[1:]) if word.startswith("--")}
 
 
 def command_line(module: str, argv: list[str]) -> str:

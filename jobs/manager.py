@@ -251,8 +251,10 @@ class JobManager:
         if progress.ended == ENDED_FINISHED and returncode in (0, None):
             return FINISHED, progress.message
         if cancelled or progress.ended == STOPPED or returncode == STOPPED_EXIT:
-            kept = " with a checkpoint kept" if progress.max_steps else ""
-            return CANCELLED, f"Cancelled{at}{kept}; Resume continues from it. {progress.message}".strip()
+            if not progress.max_steps:  # stopped before training (or an export): nothing to continue from
+                return CANCELLED, f"Cancelled; Resume starts it again. {progress.message}".strip()
+            kept = f"Cancelled{at} with a checkpoint kept; Resume continues from it."
+            return CANCELLED, f"{kept} {progress.message}".strip()
         if progress.ended == ENDED_FAILED:
             return FAILED, progress.message
         if returncode is not None and returncode < 0:

@@ -14,7 +14,17 @@ from pathlib import Path
 
 from common.data_check import DataCheck, check_training_data
 from common.inspection_log import InspectionLog
-from jobs.commands import MODULES, Recipe, check_argv, command_line, training_argv
+from jobs.commands import (
+    EXPORT,
+    EXPORT_MODULE,
+    MODULES,
+    Recipe,
+    check_argv,
+    check_export_installed,
+    command_line,
+    export_argv,
+    training_argv,
+)
 from jobs.intake import DataSourceError, server_folder, take_over, unpack_zip
 from jobs.manager import JobManager
 from jobs.store import FINISHED, MODEL_ZIP, Job, JobError
@@ -156,6 +166,30 @@ class TrainingJobs:
             status["model"] = str(self.manager.store.model_dir(job.id))
             status["metrics"] = progress.metrics
         return status
+
+    def export(self, job_id: str, int8: bool = False) -> Job:
+        """Queue "Export for CPU" of a finished job's model: a new job that writes it with its network in ONNX.
+
+        The export checks the graph against PyTorch on the job's held-out images (and int8 against its
+        floors) and refuses, in its words, a copy that answers differently; the exported model then
+        joins the model lists like a trained one.
+
+        Raises:
+            JobError: the job has not finished, is itself an export, or exporting is not installed.
+        """
+        source = self.manager.get(job_id)
+        model_dir = self.manager.model_dir(source.id)
+        if model_dir is None:
+            raise JobError(f"{source.id} has not finished, so there is no model to export yet.")
+        if source.task == EXPORT:
+            raise JobError(f"{source.id} is already an export (ONNX); export the job that trained the model.")
+        check_export_installed()
+        export_id, _ = self.manager.create()
+        output_dir = str(self.manager.store.model_dir(export_id))
+        argv = export_argv(str(model_dir), output_dir, source.argv, int8)
+        precision = "int8" if int8 else "float32"
+        job = Job(id=export_id, task=EXPORT, module=EXPORT_MODULE, argv=argv, data=f"{source.id}, ONNX {precision}")
+        return self.manager.submit(job)
 
     def cancel(self, job_id: str) -> Job:
         return self.manager.cancel(job_id)

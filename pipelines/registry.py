@@ -154,3 +154,65 @@ class LazySegmenter:
         except (OSError, json.JSONDecodeError):
             return {}
         return {int(index): name for index, name in (config.get("id2label") or {}).items()}
+
+
+def segmenter_label(segmenter: LazySegmenter) -> str:
+    """What a dropdown shows for a configured segmenter: its folder, and its stage 1's."""
+    if segmenter.model_dir is None:
+        return "none configured"
+    name = Path(segmenter.model_dir).name
+    return f"{name} + stage 1 {Path(segmenter.stage1_dir).name}" if segmenter.stage1_dir else name
+
+
+class SegmenterRegistry:
+    """The defect segmenters the app offers (the configured pair first), each a :class:`LazySegmenter`.
+
+    Segmenters trained in the Train tab join with :meth:`add` while the app runs. ``get`` and
+    ``labels`` without a source answer for the default, as a single ``LazySegmenter`` does.
+    """
+
+    def __init__(self, default: LazySegmenter, label: str | None = None):
+        self._lock = threading.Lock()
+        self._by_source: dict[str, LazySegmenter] = {default.model_dir or "": default}
+        self.choices = [ModelChoice(label or segmenter_label(default), default.model_dir or "")]
+
+    @property
+    def default(self) -> str:
+        return self.choices[0].source
+
+    @property
+    def default_segmenter(self) -> LazySegmenter:
+        return self._by_source[self.default]
+
+    def add(self, label: str, model_dir: str | os.PathLike) -> None:
+        """Offer one more segmenter (no stage 1); with none configured it becomes the default."""
+        source = str(model_dir)
+        with self._lock:
+            if source in self._by_source:
+                return
+            lazy = LazySegmenter(source, runtime=self.default_segmenter.runtime)
+            if self.default_segmenter.model_dir is None:  # "none configured" gives way to a real model
+                self._by_source = {source: lazy}
+                self.choices = [ModelChoice(label, source)]
+                return
+            self._by_source[source] = lazy
+            self.choices = [*self.choices, ModelChoice(label, source)]  # a new list, as in ClassifierRegistry.add
+
+    def lazy(self, source: str | None = None) -> LazySegmenter:
+        """The loader behind ``source`` (the default when empty).
+
+        Raises:
+            ModelLoadError: a source that is not offered.
+        """
+        found = self._by_source.get(source or self.default)
+        if found is None:
+            known = ", ".join(choice.source for choice in self.choices)
+            raise ModelLoadError(f"Unknown segmenter '{source}'. Available: {known}.")
+        return found
+
+    def get(self, source: str | None = None):
+        """The loaded ``DefectSegmenter`` for ``source``; see :meth:`LazySegmenter.get`."""
+        return self.lazy(source).get()
+
+    def labels(self, source: str | None = None) -> dict[int, str]:
+        return self.lazy(source).labels()

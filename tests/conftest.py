@@ -223,6 +223,19 @@ def noise_png_bytes(seed: int = 0, size: tuple[int, int] = (24, 24)) -> bytes:
     return buffer.getvalue()
 
 
+def zip_folder(folder, archive):
+    """``folder`` zipped under one top folder of its name, as a file manager zips it; returns ``archive``."""
+    import zipfile
+    from pathlib import Path
+
+    folder = Path(folder)
+    with zipfile.ZipFile(archive, "w") as opened:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                opened.write(path, Path(folder.name) / path.relative_to(folder))
+    return archive
+
+
 def write_zip(path, members: dict[str, bytes], compression=None):
     """A zip at ``path`` holding ``members`` (name -> bytes), deflated unless told otherwise."""
     import zipfile

@@ -23,7 +23,7 @@ from jobs.service import DataSource, TrainingJobs
 from jobs.store import CANCELLED, FAILED, FINISHED, INTERRUPTED, QUEUED, RUNNING, JobError
 from pipelines.classification import ImageClassifier
 from pipelines.registry import ClassifierRegistry
-from tests.conftest import noise_png_bytes, write_colour_folders, write_zip
+from tests.conftest import noise_png_bytes, write_colour_folders, write_zip, zip_folder
 
 pytestmark = pytest.mark.slow
 JOB_TIMEOUT = 300  # seconds: a tiny model trains in seconds, but a shared 2-core machine can be slow
@@ -34,12 +34,7 @@ def colours_zip(tmp_path_factory) -> Path:
     """A zip of one folder holding train/validation/test class folders and other/, as a user zips it."""
     root = tmp_path_factory.mktemp("colours-zip")
     data = write_colour_folders(root / "colours", per_split={"train": 8, "validation": 4, "test": 4})
-    archive = root / "colours.zip"
-    with zipfile.ZipFile(archive, "w") as opened:
-        for path in sorted(Path(data).rglob("*")):
-            if path.is_file():
-                opened.write(path, Path("colours") / path.relative_to(data))
-    return archive
+    return zip_folder(data, root / "colours.zip")
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def _on_sigterm(signum, frame) -> None:
     _stop_requested = True
     if not _training:
         # Before training there is no checkpoint to save; leave now, through normal interpreter exit.
-        _writer.end(STOPPED, "Stopped before training started; nothing was saved.")
+        _writer.end(STOPPED, "Stopped before any checkpoint was written; nothing was saved.")
         raise SystemExit(STOPPED_EXIT)
 
 
@@ -93,6 +93,11 @@ def finish(metrics: dict, output_dir: str) -> None:
     """Say that the run finished, with its final metrics and where the model is."""
     numbers = {key: value for key, value in metrics.items() if isinstance(value, (int, float))}
     _writer.end(FINISHED, f"The model is in {output_dir}.", metrics=numbers, output_dir=str(output_dir))
+
+
+def fail(reason: str) -> None:
+    """Say that the run failed, in the sentence the user should read (for CLIs that exit on their own)."""
+    _writer.end(FAILED, reason)
 
 
 def run_cli(main: Callable[[], object], expected_errors: tuple[type[Exception], ...]) -> None:

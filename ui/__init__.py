@@ -10,8 +10,8 @@ import gradio as gr
 
 from common.image_io import MAX_FILE_BYTES
 from common.inspection_log import InspectionLog
-from pipelines.registry import ClassifierRegistry, LazySegmenter
-from ui import classify, explain, history, inspect, model, segment, train
+from pipelines.registry import ClassifierRegistry, LazySegmenter, SegmenterRegistry
+from ui import anomaly, classify, explain, history, inspect, model, segment, train
 from ui.common import TabContext
 
 TITLE = "Visual inspection toolkit"
@@ -19,26 +19,39 @@ TITLE = "Visual inspection toolkit"
 
 def build_demo(
     registry: ClassifierRegistry,
-    segmenter_source: LazySegmenter | None = None,
+    segmenter_source: SegmenterRegistry | LazySegmenter | None = None,
     max_file_bytes: int = MAX_FILE_BYTES,
     inspection_log: InspectionLog | None = None,
     training=None,
+    anomaly_detectors=None,
 ) -> gr.Blocks:
-    """The Blocks UI; ``registry`` says which classifiers the dropdowns offer, ``segmenter_source`` which segmenter.
+    """The Blocks UI; ``registry`` says which classifiers the dropdowns offer, ``segmenter_source`` which segmenters.
+
+    ``segmenter_source`` is a ``SegmenterRegistry`` (the app's: segmenters trained in the Train tab
+    join it) or one ``LazySegmenter`` (offered alone).
 
     Every decision a tab makes is recorded in ``inspection_log``, and the History tab reads it; None
     records nothing (the History tab then says that the log is off). ``training`` (a
     ``jobs.service.TrainingJobs``) runs the Train tab's jobs; None turns that tab off.
+    ``anomaly_detectors`` (a ``pipelines.anomaly_detection.registry.AnomalyDetectors``) are the
+    Anomaly tab's detectors; None offers none (the tab then says how to train one).
     """
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nIdentify objects in images, see why the model decided, and how far to trust it.")
         context = TabContext(
-            registry, segmenter_source or LazySegmenter(None), demo, max_file_bytes, inspection_log, training
+            registry,
+            segmenter_source or LazySegmenter(None),
+            demo,
+            max_file_bytes,
+            inspection_log,
+            training,
+            anomaly_detectors=anomaly_detectors,
         )
         with gr.Tabs() as tabs:
             classify_tab = classify.build(context)
             explain_tab = explain.build(context)
             segment.build(context)
+            anomaly.build(context)
             inspect.build(context)
             history.build(context)
             model.build(context)

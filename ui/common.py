@@ -15,9 +15,9 @@ from common.checkpoint_files import ONNX_FILE, WEIGHTS_FILE
 from common.checkpoints import ModelLoadError
 from common.image_io import MAX_FILE_BYTES, ImageLoadError, load_image
 from common.inspection_log import Decision, InspectionLog, InspectionLogError
-from pipelines.decisions import classification_decision, segmentation_decision
+from pipelines.decisions import anomaly_decision, classification_decision, segmentation_decision
 from pipelines.explanation import ExplanationError
-from pipelines.registry import ClassifierRegistry, LazySegmenter
+from pipelines.registry import ClassifierRegistry, LazySegmenter, SegmenterRegistry
 
 logger = logging.getLogger("vispect.app")
 
@@ -33,7 +33,8 @@ class TabContext:
     """
 
     registry: ClassifierRegistry
-    segmenter: LazySegmenter
+    # One LazySegmenter is taken too: it is then offered alone.
+    segmenter: SegmenterRegistry | LazySegmenter
     demo: gr.Blocks
     max_file_bytes: int = MAX_FILE_BYTES
     inspection_log: InspectionLog | None = None
@@ -41,12 +42,28 @@ class TabContext:
     training: object | None = None
     # Every classifier dropdown built so far, so that a newly trained model can be added to all of them.
     model_dropdowns: list[gr.Dropdown] = field(default_factory=list)
+    # Every segmenter dropdown built so far, for the same reason.
+    segmenter_dropdowns: list[gr.Dropdown] = field(default_factory=list)
+    # The anomaly detectors the Anomaly tab offers (pipelines.anomaly_detection.registry.AnomalyDetectors).
+    anomaly_detectors: object | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.segmenter, SegmenterRegistry):
+            object.__setattr__(self, "segmenter", SegmenterRegistry(self.segmenter))  # frozen: set once, here
 
     def classifier_dropdown(self, **options) -> gr.Dropdown:
         """A "Classifier" dropdown over the registry's choices, set to the default model."""
         choices = [(choice.label, choice.source) for choice in self.registry.choices]
         dropdown = gr.Dropdown(choices=choices, value=self.registry.default, label="Classifier", **options)
         self.model_dropdowns.append(dropdown)
+        return dropdown
+
+    def segmenter_dropdown(self, **options) -> gr.Dropdown:
+        """A "Segmenter" dropdown over the segmenters on offer, set to the default one."""
+        dropdown = gr.Dropdown(
+            choices=segmenter_choices(self.segmenter), value=self.segmenter.default, label="Segmenter", **options
+        )
+        self.segmenter_dropdowns.append(dropdown)
         return dropdown
 
     def read_upload(self, payload) -> Image.Image:
@@ -91,6 +108,24 @@ class TabContext:
             result, segmenter, image, channel=channel, file_name=uploaded_name(payload), min_area=min_area
         )
         return self.record_decision(decision, image)
+
+    def log_anomaly(self, result, detector, payload, channel: str, threshold: float | None = None) -> int | None:
+        """Log an anomaly score judged at ``threshold`` (normalised); None (and no work) when the log is off.
+
+        Raises:
+            common.inspection_log.InspectionLogError: the log cannot be written; the request must fail.
+        """
+        if self.inspection_log is None:
+            return None
+        image = uploaded_bytes(payload)
+        decision = anomaly_decision(
+            result, detector, image, channel=channel, file_name=uploaded_name(payload), threshold=threshold
+        )
+        return self.record_decision(decision, image)
+
+
+def segmenter_choices(segmenters: SegmenterRegistry) -> list[tuple[str, str]]:
+    return [(choice.label, choice.source) for choice in segmenters.choices]
 
 
 def logged_note(inspection_id: int | None) -> str:

@@ -289,13 +289,14 @@ def inspect_defects(
     batch_size: int,
     out: Path,
     progress: Progress = None,
+    segmenter_source: str | None = None,
 ) -> Inspection:
     """Find defects in every file: the rows, the flagged images with overlays, counts and downloads.
 
     The Kaggle RLE CSV is written as the images come (masks are not kept: they are large); an
     unreadable image gets no RLE rows, as empty ones would claim it is clean.
     """
-    segmenter = context.segmenter.get()
+    segmenter = context.segmenter.get(segmenter_source)
     labels = segmenter.defect_labels
     records, table, gallery, counts, flagged = [], [], [], Counter(), Counter()
     logged = BatchLog(context.inspection_log, batch_size)
@@ -365,6 +366,7 @@ def inspect_uploads(
     min_confidence: float,
     batch_size: float,
     progress: Progress = None,
+    segmenter: str | None = None,
 ) -> Inspection:
     """Check the upload, unpack zips into a temp folder (removed after the run) and run the task."""
     if task not in TASKS:
@@ -377,16 +379,16 @@ def inspect_uploads(
         files = gather_images(upload_paths(uploads), Path(unpacked), context.max_file_bytes)
         if task == CLASSIFY:
             return inspect_classification(context, files, model, float(min_confidence), batch, out, progress)
-        return inspect_defects(context, files, float(min_confidence), batch, out, progress)
+        return inspect_defects(context, files, float(min_confidence), batch, out, progress, segmenter)
 
 
 def build(context: TabContext) -> None:
     """The Inspect tab's components and events (``/inspect``, ``/load_example_batch``)."""
     run = user_facing(inspect_uploads)
 
-    def inspect_batch(uploads, task, model, min_confidence, batch_size, progress=TRACK_PROGRESS):
+    def inspect_batch(uploads, task, model, min_confidence, batch_size, segmenter="", progress=TRACK_PROGRESS):
         """Inspect many images: (summary, table, flagged images, counts, [CSV, JSON(, RLE CSV)])."""
-        return run(context, uploads, task, model, min_confidence, batch_size, progress).outputs()
+        return run(context, uploads, task, model, min_confidence, batch_size, progress, segmenter).outputs()
 
     with gr.Tab("Inspect", id=TAB_ID):
         gr.Markdown(
@@ -409,6 +411,7 @@ def build(context: TabContext) -> None:
                     example_button.click(lambda: [str(EXAMPLE_BATCH)], None, uploads, api_name="load_example_batch")
                 task = gr.Radio(list(TASKS), value=CLASSIFY, label="Task", elem_id="inspect-task")
                 model = context.classifier_dropdown(elem_id="inspect-model")
+                segmenter = context.segmenter_dropdown(visible=False, elem_id="inspect-segmenter")
                 min_confidence = gr.Slider(
                     0, 1, value=0.5, step=0.01, label="Flag answers below this confidence", elem_id="inspect-confidence"
                 )
@@ -422,10 +425,15 @@ def build(context: TabContext) -> None:
         table = gr.Dataframe(label="Results", interactive=False, elem_id="inspect-table")
         gallery = gr.Gallery(label="Flagged images", columns=4, height="auto", elem_id="inspect-gallery")
 
-    task.change(lambda chosen: gr.Dropdown(visible=chosen == CLASSIFY), task, model, api_name=False)
+    task.change(
+        lambda chosen: (gr.Dropdown(visible=chosen == CLASSIFY), gr.Dropdown(visible=chosen != CLASSIFY)),
+        task,
+        [model, segmenter],
+        api_name=False,
+    )
     inspect_button.click(
         inspect_batch,
-        [uploads, task, model, min_confidence, batch_size],
+        [uploads, task, model, min_confidence, batch_size, segmenter],
         [summary, table, gallery, counts, downloads],
         api_name="inspect",
     )

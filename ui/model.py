@@ -255,7 +255,7 @@ def _description_panel(intro: str, details_id: str) -> tuple[gr.Markdown, gr.Gal
 
 def build(context: TabContext) -> None:
     """The Model tab's components and events (``/describe_model``, ``/describe_segmenter``)."""
-    source = context.segmenter
+    segmenters = context.segmenter
 
     @user_facing
     def describe_model(model: str) -> tuple[str, list[tuple[str, str]], str]:
@@ -263,8 +263,9 @@ def build(context: TabContext) -> None:
         return classifier_description(context.registry.get(model).describe())
 
     @user_facing
-    def describe_segmenter(part: str) -> tuple[str, list[tuple[str, str]], str]:
-        """Details, report plots and model card of the defect segmenter or of its stage 1."""
+    def describe_segmenter(part: str, segmenter_source: str = "") -> tuple[str, list[tuple[str, str]], str]:
+        """Details, report plots and model card of the chosen defect segmenter or of its stage 1."""
+        source = segmenters.lazy(segmenter_source)
         segmenter = source.get()
         if part != STAGE1:
             return segmenter_description(segmenter, source.model_dir)
@@ -272,9 +273,7 @@ def build(context: TabContext) -> None:
             raise gr.Error(f"The segmenter '{segmenter.source}' has no stage 1; start the app with --stage1 DIR.")
         return stage1_description(segmenter)
 
-    parts = [(f"segmenter: {Path(source.model_dir or 'none configured').name}", SEGMENTER)]
-    if source.stage1_dir:
-        parts.append((f"its stage 1: {Path(source.stage1_dir).name}", STAGE1))
+    parts = [("the segmenter", SEGMENTER), ("its stage 1", STAGE1)]
     with gr.Tab("Model", id=TAB_ID), gr.Tabs():
         with gr.Tab("Classifier", id="model-classifier"):
             with gr.Row(equal_height=True):
@@ -283,13 +282,16 @@ def build(context: TabContext) -> None:
             model_outputs = _description_panel("Select a classifier to see its details.", "classifier-details")
         with gr.Tab("Defect segmenter", id="model-segmenter") as segmenter_tab:
             with gr.Row(equal_height=True):
-                part = gr.Radio(parts, value=SEGMENTER, label="Describe", scale=3)
+                chosen_segmenter = context.segmenter_dropdown(scale=2, elem_id="model-segmenter-choice")
+                part = gr.Radio(parts, value=SEGMENTER, label="Describe", scale=2)
                 show_segmenter = gr.Button("Show segmenter details", scale=1)
             segmenter_outputs = _description_panel("Select a part to see its details.", "segmenter-details")
 
     show_model.click(describe_model, [model], model_outputs, api_name="describe_model")
     model.change(describe_model, [model], model_outputs, api_name=False)
     context.demo.load(describe_model, [model], model_outputs, api_name=False)
-    show_segmenter.click(describe_segmenter, [part], segmenter_outputs, api_name="describe_segmenter")
-    part.change(describe_segmenter, [part], segmenter_outputs, api_name=False)
-    segmenter_tab.select(describe_segmenter, [part], segmenter_outputs, api_name=False)
+    segmenter_inputs = [part, chosen_segmenter]
+    show_segmenter.click(describe_segmenter, segmenter_inputs, segmenter_outputs, api_name="describe_segmenter")
+    part.change(describe_segmenter, segmenter_inputs, segmenter_outputs, api_name=False)
+    chosen_segmenter.change(describe_segmenter, segmenter_inputs, segmenter_outputs, api_name=False)
+    segmenter_tab.select(describe_segmenter, segmenter_inputs, segmenter_outputs, api_name=False)

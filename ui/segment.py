@@ -9,7 +9,6 @@ from pathlib import Path
 import gradio as gr
 
 from pipelines.explanation import METHODS, explain_defect
-from pipelines.registry import LazySegmenter
 from pipelines.segmentation import Segmentation, class_colour, label_map_png, submission_rows
 from ui.common import RAW_UPLOAD, TabContext, explanation_markdown, logged_note, user_facing
 
@@ -24,12 +23,16 @@ def uploaded_name(payload) -> str:
     return Path(str(payload or "image")).name
 
 
-def defect_colours(segmenter_source: LazySegmenter) -> dict[str, str] | None:
-    """Label -> colour for the legend, the same colours as the pipeline's overlays."""
-    labels = segmenter_source.labels()
+def defect_colours(labels: dict[int, str]) -> dict[str, str] | None:
+    """Label -> colour for the legend (from a segmenter's ``labels()``), the same colours as the pipeline's overlays."""
     if not labels:
         return None
     return {label: "#{:02x}{:02x}{:02x}".format(*class_colour(index)) for index, label in labels.items() if index}
+
+
+def defect_names(labels: dict[int, str]) -> list[str]:
+    """The defect classes of a segmenter's ``labels()``, without the background (class 0)."""
+    return [name for index, name in sorted(labels.items()) if index]
 
 
 def segmentation_markdown(result: Segmentation) -> str:
@@ -109,10 +112,10 @@ def build(context: TabContext) -> None:
     """The Segment tab's components and events (``/segment``, ``/explain_defect``)."""
 
     @user_facing
-    def segment_image(image: dict | None, min_area: float):
+    def segment_image(image: dict | None, min_area: float, segmenter_source: str = ""):
         """Outline defects: (annotated image, per-class table, verdict, [mask PNG, RLE CSV])."""
         picture = context.read_upload(image)
-        segmenter = context.segmenter.get()
+        segmenter = context.segmenter.get(segmenter_source)
         min_areas = segmenter.min_area_at_least(int(min_area))
         # The probabilities let the log see the segmenter painting a class that stage 1 ruled out.
         logging = context.inspection_log is not None
@@ -129,10 +132,10 @@ def build(context: TabContext) -> None:
         )
 
     @user_facing
-    def explain_defect_class(image: dict | None, defect: str, method: str, min_area: float = 0):
+    def explain_defect_class(image: dict | None, defect: str, method: str, min_area: float = 0, segmenter_source=""):
         """Grad-CAM for one defect class of the segmenter: (three panels, sentence)."""
         picture = context.read_upload(image)
-        segmenter = context.segmenter.get()
+        segmenter = context.segmenter.get(segmenter_source)
         explanation = explain_defect(segmenter, picture, class_id=defect, method=method)
         min_areas = segmenter.min_area_at_least(int(min_area))
         outline = segmenter.segment(picture, min_area=min_areas)
@@ -149,6 +152,8 @@ def build(context: TabContext) -> None:
                     0, 5000, value=0, step=50,
                     label="Also ignore regions smaller than (pixels; the model's tuned minimums always apply)",
                 )  # fmt: skip
+                # Segmenters trained in the Train tab join this list (ui/train.py refreshes it).
+                segmenter_choice = context.segmenter_dropdown(elem_id="segmenter")
                 segment_button = gr.Button("Find defects", variant="primary")
                 if steel_examples:
                     gr.Examples(
@@ -159,7 +164,7 @@ def build(context: TabContext) -> None:
                     )
             with gr.Column():
                 annotated = gr.AnnotatedImage(
-                    label="Defects", color_map=defect_colours(context.segmenter), elem_id="defects"
+                    label="Defects", color_map=defect_colours(context.segmenter.labels()), elem_id="defects"
                 )
                 defect_verdict = gr.Markdown(elem_id="defect-verdict")
                 table = gr.Dataframe(
@@ -173,7 +178,7 @@ def build(context: TabContext) -> None:
         with gr.Accordion("Why this outline? Grad-CAM for one defect class", open=False):
             with gr.Row():
                 defect_class = gr.Dropdown(
-                    choices=[name for i, name in sorted(context.segmenter.labels().items()) if i],
+                    choices=defect_names(context.segmenter.labels()),
                     label="Defect class",
                     elem_id="defect-class",
                 )
@@ -184,16 +189,24 @@ def build(context: TabContext) -> None:
             defect_panels = gr.Image(label="Original | heatmap | overlay", type="pil", interactive=False)
             defect_text = gr.Markdown(elem_id="defect-explanation")
 
+    @user_facing
+    def show_segmenter(segmenter_source):
+        """The chosen segmenter's defect classes in the legend and the "why" dropdown (read from its config)."""
+        labels = context.segmenter.lazy(segmenter_source).labels()
+        names = defect_names(labels)
+        return gr.update(color_map=defect_colours(labels)), gr.update(choices=names, value=names[0] if names else None)
+
+    segmenter_choice.change(show_segmenter, segmenter_choice, [annotated, defect_class], api_name=False)
     segment_button.click(
         segment_image,
-        [steel, min_area],
+        [steel, min_area, segmenter_choice],
         [annotated, table, defect_verdict, downloads],
         api_name="segment",
         **RAW_UPLOAD,
     )
     defect_button.click(
         explain_defect_class,
-        [steel, defect_class, defect_method, min_area],
+        [steel, defect_class, defect_method, min_area, segmenter_choice],
         [defect_panels, defect_text],
         api_name="explain_defect",
         **RAW_UPLOAD,

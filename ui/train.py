@@ -3,8 +3,10 @@
 Events (each also an API endpoint): ``/check_data``, ``/train_start`` (data file first; every
 other input has a default; returns the job id first), ``/train_status(job_id)`` (JSON with
 ``state``, ``progress``, ``message`` and, once finished, ``model``: the source ``/classify``
-takes), ``/train_cancel(job_id)``, ``/train_resume(job_id)``. The work happens in ``jobs/``:
-every job is the training CLI in a process of its own.
+or ``/segment`` takes), ``/train_cancel(job_id)``, ``/train_resume(job_id)``, and
+``/train_export(job_id, int8)`` ("Export for CPU": a new job that writes the model with its
+network in ONNX, checked against PyTorch; returns its id first). The work happens in ``jobs/``:
+every job is a CLI (training or export) in a process of its own.
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ import pandas as pd
 
 from common.checkpoint_files import CONFUSION_MATRIX_PLOT, PREDICTIONS_PLOT, RELIABILITY_PLOT, TRAINING_CURVES_PLOT
 from common.data_check import DataCheck
-from jobs.commands import AUGMENTATION, CLASSIFIER, SEGMENTER, TASKS, Recipe
+from jobs.commands import AUGMENTATION, CLASSIFIER, EXPORT, SEGMENTER, TASKS, Recipe
 from jobs.intake import DataSourceError, server_folders
 from jobs.service import REVIEWED, SERVER_FOLDER, SOURCES, ZIP, DataSource, TrainingJobs
 from jobs.store import FINISHED, RESUMABLE, RUNNING, JobError
-from ui.common import TabContext, user_facing
+from ui.common import TabContext, segmenter_choices, user_facing
 
 TAB_ID = "train"
 OTHER_SPLIT = "other"
@@ -78,7 +80,9 @@ def _build(context: TabContext, training: TrainingJobs) -> None:
                 interactive=bool(training.data_root),
                 elem_id="train-folder",
             )
-            task = gr.Dropdown([(label, key) for key, label in TASKS.items()], value=CLASSIFIER, label="Task")
+            task = gr.Dropdown(
+                [(label, key) for key, label in TASKS.items()], value=CLASSIFIER, label="Task", elem_id="train-task"
+            )
             check_button = gr.Button("Check data", elem_id="train-check")
         with gr.Column():
             check_summary = gr.Markdown(elem_id="train-check-summary")
@@ -95,6 +99,7 @@ def _build(context: TabContext, training: TrainingJobs) -> None:
                 allow_custom_value=True,
                 label="Start from",
                 info="Blank: the task's default (EfficientNet-Lite0 for classifiers, SegFormer b0 for defects).",
+                elem_id="train-base-model",
             )
             with gr.Row():
                 epochs = gr.Number(5, label="Epochs", minimum=0.1, elem_id="train-epochs")
@@ -130,12 +135,23 @@ def _build(context: TabContext, training: TrainingJobs) -> None:
             with gr.Accordion("Status (JSON)", open=False):
                 status_json = gr.JSON()
     with gr.Row():
-        model_zip = gr.File(label="Download model", elem_id="train-model-zip")
+        with gr.Column():
+            model_zip = gr.File(label="Download model", elem_id="train-model-zip")
+            export_int8 = gr.Checkbox(
+                False,
+                label="int8 (smaller and faster; refused if it answers differently from float32 too often)",
+                elem_id="train-export-int8",
+            )
+            export_button = gr.Button(
+                "Export for CPU (ONNX, checked against PyTorch on the job's test images)", elem_id="train-export"
+            )
         report = gr.Gallery(label="Report of the finished model", columns=4, height=260, elem_id="train-report")
     jobs_table = gr.Dataframe(_jobs_table(training), label="Jobs", interactive=False, elem_id="train-jobs")
     timer = gr.Timer(TICK_SECONDS)
     # What this page shows already (job view, jobs list, number of models): a tick sends only what changed.
-    shown = gr.State({})
+    # The model counts start at those the page was built with: a page opened (or reloaded) after a job
+    # finished gets the longer lists on its first tick.
+    shown = gr.State({"models": len(context.registry.choices), "segmenters": len(context.segmenter.choices)})
 
     def check_data(data, task=CLASSIFIER, source=ZIP, server_folder="", use_other=True):
         """Check the training data: (summary, thumbnails, the check as JSON)."""
@@ -158,6 +174,11 @@ def _build(context: TabContext, training: TrainingJobs) -> None:
         """The job's status as JSON (state, progress in [0, 1], message, and model once finished)."""
         return training.status(_job_id(job_id))
 
+    def train_export(job_id, int8=False):
+        """Export a finished job's model for CPU serving (ONNX, int8 if asked) as a new job: (its id, its status)."""
+        exported = training.export(_job_id(job_id), int8=bool(int8))
+        return exported.id, training.status(exported.id)
+
     def train_cancel(job_id):
         """Cancel a running job (its last checkpoint is kept) or a queued one; returns its status."""
         return training.status(training.cancel(_job_id(job_id)).id)
@@ -175,15 +196,17 @@ def _build(context: TabContext, training: TrainingJobs) -> None:
             outputs += [gr.update(choices=_job_choices(training)), _jobs_table(training)]
         else:
             outputs += [gr.skip(), gr.skip()]
-        choices = [(choice.label, choice.source) for choice in context.registry.choices]
-        if len(choices) != seen.get("models", len(choices)):
-            outputs += [gr.update(choices=choices) for _ in context.model_dropdowns]
-        else:
-            outputs += [gr.skip() for _ in context.model_dropdowns]
-        seen.update(view=view_key, jobs=jobs_key, models=len(choices))
+        for key, choices, dropdowns in (
+            ("models", [(c.label, c.source) for c in context.registry.choices], context.model_dropdowns),
+            ("segmenters", segmenter_choices(context.segmenter), context.segmenter_dropdowns),
+        ):
+            changed = len(choices) != seen.get(key)
+            outputs += [gr.update(choices=choices) if changed else gr.skip() for _ in dropdowns]
+            seen[key] = len(choices)
+        seen.update(view=view_key, jobs=jobs_key)
         return [*outputs[: len(view) + 2], seen, *outputs[len(view) + 2 :]]
 
-    view = [status, curves, log, model_zip, report, cancel_button, resume_button]
+    view = [status, curves, log, model_zip, report, cancel_button, resume_button, export_button]
     check_button.click(
         guarded(check_data),
         [data_file, task, source_kind, server_folder, use_other],
@@ -213,8 +236,9 @@ def _build(context: TabContext, training: TrainingJobs) -> None:
     status_button = gr.Button("Status", visible=False)
     status_button.click(guarded(train_status), job, status_json, api_name="train_status")
     cancel_button.click(guarded(train_cancel), job, status_json, api_name="train_cancel")
+    export_button.click(guarded(train_export), [job, export_int8], [job, status_json], api_name="train_export")
     resume_button.click(guarded(train_resume), job, status_json, api_name="train_resume")
-    refresh_outputs = [*view, job, jobs_table, shown, *context.model_dropdowns]
+    refresh_outputs = [*view, job, jobs_table, shown, *context.model_dropdowns, *context.segmenter_dropdowns]
     timer.tick(refresh, [job, shown], refresh_outputs, api_name=False, show_progress="hidden")
     job.change(refresh, [job, shown], refresh_outputs, api_name=False, show_progress="hidden")
 
@@ -253,7 +277,9 @@ def _job_id(value) -> str:
 
 def _base_models(context: TabContext) -> list[tuple[str, str]]:
     classifiers = [(f"classifier: {choice.label}", choice.source) for choice in context.registry.choices]
-    return [("(the task's default)", ""), *classifiers, ("segmenter: SegFormer b0 from scratch", "b0")]
+    # Fine-tuning a served segmenter (its stage 1 is not retrained) or starting a new one.
+    segmenters = [(f"segmenter: {c.label}", c.source) for c in context.segmenter.choices if c.source]
+    return [("(the task's default)", ""), *classifiers, *segmenters, ("segmenter: SegFormer b0 from scratch", "b0")]
 
 
 def _job_choices(training: TrainingJobs) -> list[tuple[str, str]]:
@@ -272,14 +298,14 @@ def _jobs_table(training: TrainingJobs) -> pd.DataFrame:
 
 
 def _job_view(training: TrainingJobs, job_id) -> list:
-    """(status HTML, curves, log, model zip, report images, cancel button, resume button) of one job."""
+    """(status HTML, curves, log, model zip, report images, cancel, resume and export buttons) of one job."""
     if not job_id:
         idle = "<p>No job selected. Check your data, then start training.</p>"
-        return [idle, None, "", None, [], gr.update(interactive=False), gr.update(interactive=False)]
+        return [idle, None, "", None, [], *[gr.update(interactive=False)] * 3]
     try:
         status = training.status(str(job_id))
     except JobError as error:
-        return [f"<p>{_escape(str(error))}</p>", None, "", None, [], gr.update(), gr.update()]
+        return [f"<p>{_escape(str(error))}</p>", None, "", None, [], gr.update(), gr.update(), gr.update()]
     progress = training.manager.progress(status["job_id"])
     finished = status["state"] == FINISHED
     model_zip = str(training.model_zip(status["job_id"])) if finished else None
@@ -294,6 +320,7 @@ def _job_view(training: TrainingJobs, job_id) -> list:
         report,
         gr.update(interactive=can_cancel),
         gr.update(interactive=status["state"] in RESUMABLE),
+        gr.update(interactive=finished and status["task"] != EXPORT),
     ]
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from common.checkpoint_files import EXPORT_REPORT_FILE, ONNX_FILE
 from common.checkpoints import ModelLoadError
 from common.onnx_network import OnnxExportError
+from common.training_progress import EXPORTING
+from train import progress
 from train.export.checkpoint_copy import ExportError
 from train.export.fp16 import DTYPES, export
 from train.export.onnx_export import DEFAULT_CALIBRATION_IMAGES, Floors, OnnxOptions, export_onnx
@@ -94,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_flags(parser, args)
     command = shlex.join([*PROG.split(), *(sys.argv[1:] if argv is None else argv)])
+    progress.phase(EXPORTING)
     try:
         if args.format == "safetensors":
             dtype = args.dtype or "float16"
@@ -114,8 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         report = export_onnx(args.source, args.destination, options, overwrite=args.overwrite, command=command)
     except (ExportError, ModelLoadError, OnnxExportError) as error:
+        progress.fail(str(error))  # the Train tab's export job shows this sentence
         parser.exit(2, f"error: {error}\n")
     print(summary(args.destination, report))
+    exported = {key: value for key, value in report["exported"].items() if isinstance(value, float)}
+    progress.finish({**exported, "speedup": report["speedup"]}, args.destination)
     return 0
 
 
