@@ -50,6 +50,8 @@ DEFAULT_LOW_CONFIDENCE = 0.5
 # 0.9 to 1.1 times the threshold. The threshold is a quantile of a few dozen good images, so a
 # score this near it could fall on the other side with another few good images, or another light.
 ANOMALY_MARGIN = 0.1
+# An anomaly decision's two answers (and so the labels a reviewer can give it).
+ANOMALY_ANSWERS = ("good", "anomalous")
 # Scores kept per classification: the top ones, enough to see the runner-up without storing 1000.
 TOP_SCORES = 5
 
@@ -232,7 +234,7 @@ def anomaly_decision(
         model_source=detector.source,
         model_fingerprint=model_fingerprint(detector),
         thresholds=thresholds,
-        answer="anomalous" if anomalous else "good",
+        answer=ANOMALY_ANSWERS[int(bool(anomalous))],
         scores={
             "product": result.product,
             "score": float(result.score),

@@ -132,6 +132,8 @@ def test_label_choices_follow_the_model(log, registry, tiny_vit_dir):
     assert history.label_choices(gone, registry, []) == ["gear", "washer"]
     segment = log.get(record(log, "seg", task="segment", answer="clean", seed=2))
     assert history.label_choices(segment, registry, ["scratches"]) == ["clean", "scratches"]
+    anomaly = log.get(record(log, "models/steel-anomaly", task="anomaly", answer="anomalous", seed=3))
+    assert history.label_choices(anomaly, registry, ["scratches"]) == ["good", "anomalous"]  # not its score names
 
 
 def test_without_a_log_the_tab_says_it_is_off():

@@ -14,6 +14,7 @@ from PIL import Image
 
 from common.image_io import load_image
 from common.inspection_log import FLAGS, TASKS, Inspection, InspectionLog
+from pipelines.decisions import ANOMALY_ANSWERS
 from pipelines.explanation import explain_prediction
 from pipelines.fingerprints import model_fingerprint
 from pipelines.registry import ClassifierRegistry
@@ -233,6 +234,8 @@ def label_choices(inspection: Inspection, registry: ClassifierRegistry, defect_l
     """Labels to offer when correcting a decision: the model's classes when it is served, else its scores' keys."""
     if inspection.task == "segment":
         return [CLEAN, *defect_labels]
+    if inspection.task == "anomaly":
+        return list(ANOMALY_ANSWERS)
     if inspection.model_source in {choice.source for choice in registry.choices}:
         labels = registry.get(inspection.model_source).id2label
         return [labels[index] for index in sorted(labels)]
