@@ -219,3 +219,30 @@ def test_the_app_takes_repeatable_anomaly_models():
     args = app.parse_args(["--anomaly-model", "a", "--anomaly-model", "b"])
     assert args.anomaly_model == ["a", "b"]
     assert app.parse_args([]).anomaly_model == []
+
+
+def test_inspect_finds_the_anomalous_examples_in_a_zip_and_logs_each(registry, detectors, tmp_path):
+    from tests.conftest import write_zip
+    from ui.common import TabContext
+    from ui.inspect import ANOMALY_COLUMNS, FIND_ANOMALIES, inspect_uploads
+
+    members = {f"strips/{path.name}": path.read_bytes() for path in EXAMPLES}
+    members["strips/notes.png"] = b"not an image"
+    archive = write_zip(tmp_path / "strips.zip", members)
+    log = InspectionLog.open(f"sqlite:///{tmp_path / 'log.db'}")
+    with gr.Blocks() as page:
+        context = TabContext(registry, app.LazySegmenter(None), page, inspection_log=log, anomaly_detectors=detectors)
+        result = inspect_uploads(context, [str(archive)], FIND_ANOMALIES, None, 0.5, 4, detector=str(DEMO))
+        table = result.table.set_index("file")
+        assert list(result.table.columns) == ANOMALY_COLUMNS
+        for path in DEFECTIVE:
+            assert table.loc[f"strips.zip/strips/{path.name}", "answer"] == "anomalous", table
+        for path in GOOD:
+            assert table.loc[f"strips.zip/strips/{path.name}", "answer"] == "good", table
+        assert table.loc["strips.zip/strips/notes.png", "flagged"] == "unreadable"
+        assert len(result.gallery) >= len(DEFECTIVE)  # each anomalous strip with its map
+        csv_rows = Path(result.downloads[0]).read_text().splitlines()
+        assert len(csv_rows) == 1 + len(EXAMPLES) + 1  # header, every strip, the unreadable file
+        # Every scored strip is a decision in the log, under task "anomaly"; the unreadable file is none.
+        logged = log.list(task="anomaly")
+        assert sorted(row.answer for row in logged) == sorted(["anomalous"] * len(DEFECTIVE) + ["good"] * len(GOOD))

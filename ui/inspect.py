@@ -1,8 +1,8 @@
-"""The Inspect tab: many images (or zips of them) at once, classified or searched for defects.
+"""The Inspect tab: many images (or zips of them) at once, classified, searched for defects or for anomalies.
 
-The pipelines do the work in batches (``classify_files``, ``segment_files``) and decide what is
-flagged (``needs_review``); this tab checks the upload caps, tracks progress per batch, words
-the answers and writes the downloads with the pipelines' writers.
+The pipelines do the work in batches (``classify_files``, ``segment_files``, ``detect_files``)
+and decide what is flagged (``needs_review``); this tab checks the upload caps, tracks progress
+per batch, words the answers and writes the downloads with the pipelines' writers.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from common.archives import ArchiveError, ArchiveLimits
 from common.image_io import load_image
 from common.inspection_log import Decision, InspectionLog
 from common.rle import SUBMISSION_HEADER
+from pipelines.anomaly_detection import AnomalyDetector, detect_files, write_results_csv
+from pipelines.anomaly_detection.render import anomaly_overlay
 from pipelines.classification import (
     Classification,
     classify_files,
@@ -32,7 +34,7 @@ from pipelines.classification import (
     write_predictions_json,
 )
 from pipelines.classification import needs_review as classification_needs_review
-from pipelines.decisions import classification_decision, segmentation_decision
+from pipelines.decisions import ANOMALY_MARGIN, anomaly_decision, classification_decision, segmentation_decision
 from pipelines.image_files import ImageFile, collect_image_files
 from pipelines.segmentation import (
     Segmentation,
@@ -48,8 +50,8 @@ from pipelines.segmentation.records import needs_review as segmentation_needs_re
 from ui.common import TabContext, user_facing
 
 TAB_ID = "inspect"
-CLASSIFY, FIND_DEFECTS = "classify", "find defects"
-TASKS = (CLASSIFY, FIND_DEFECTS)
+CLASSIFY, FIND_DEFECTS, FIND_ANOMALIES = "classify", "find defects", "find anomalies"
+TASKS = (CLASSIFY, FIND_DEFECTS, FIND_ANOMALIES)
 # Above this, one request would hold a worker for many minutes; the CLIs take any number.
 MAX_IMAGES_PER_BATCH = 1000
 DEFAULT_BATCH_SIZE = 16
@@ -62,6 +64,7 @@ EXAMPLE_BATCH = Path(__file__).resolve().parents[1] / "examples" / "inspect" / "
 
 CLASSIFY_COLUMNS = ["file", "answer", "confidence", "unknown", "flagged", "error"]
 DEFECT_COLUMNS = ["file", "answer", "confidence", "defective", "defect types (area %)", "flagged", "error"]
+ANOMALY_COLUMNS = ["file", "product", "answer", "score (× threshold)", "anomalous area %", "flagged", "error"]
 
 Progress = Callable[..., object] | None
 # Gradio finds the progress tracker by a parameter whose default is a gr.Progress and routes its
@@ -347,12 +350,104 @@ def inspect_defects(
     )
 
 
-def _summary(total: int, seconds: float, flagged: Counter, min_confidence: float) -> str:
+def product_of(file: ImageFile, detector: AnomalyDetector) -> str:
+    """The product whose bank scores ``file``: the detector's only one, or the nearest folder named after one.
+
+    Raises:
+        ValueError: a several-product detector and no folder of the file's path names one of them.
+    """
+    if len(detector.products) == 1:
+        return detector.products[0]
+    folders = file.name.replace("\\", "/").split("/")[:-1]
+    for folder in reversed(folders):
+        if folder in detector.products:
+            return folder
+    raise ValueError(
+        f"this detector knows {len(detector.products)} products ({', '.join(detector.products)}); put the image in "
+        "a folder named after its product (inside the zip)"
+    )
+
+
+def anomaly_flag(score: float | None, error: str | None) -> str:
+    """Why a row needs a look: unreadable, anomalous, or a score too near the line to trust either way."""
+    if error or score is None:
+        return "unreadable"
+    if score > 1.0:
+        return "anomalous"
+    return "near the line" if score >= 1.0 - ANOMALY_MARGIN else ""
+
+
+def detect_by_product(detector: AnomalyDetector, files: Sequence[ImageFile], batch_size: int, max_bytes: int):
+    """``(file, result, error)`` for every file, product by product (each scored against its own bank).
+
+    Files whose product cannot be told come first, as rows with the reason.
+    """
+    groups: dict[str, list[ImageFile]] = {}
+    for file in files:
+        try:
+            groups.setdefault(product_of(file, detector), []).append(file)
+        except ValueError as error:
+            yield file, None, f"Cannot score '{file.name}': {error}"
+    for product, members in groups.items():
+        yield from detect_files(
+            detector, members, product=product, batch_size=batch_size, progress=False, max_bytes=max_bytes
+        )
+
+
+def inspect_anomalies(
+    context: TabContext,
+    files: Sequence[ImageFile],
+    batch_size: int,
+    out: Path,
+    progress: Progress = None,
+    detector_source: str | None = None,
+) -> Inspection:
+    """Score every file against the anomaly detector: rows, the anomalous images with their maps, counts, CSV."""
+    from pipelines.anomaly_detection.registry import AnomalyDetectors
+
+    detector = (context.anomaly_detectors or AnomalyDetectors()).get(detector_source or None)
+    records, table, gallery, counts, flagged = [], [], [], Counter(), Counter()
+    logged = BatchLog(context.inspection_log, batch_size)
+    started = time.perf_counter()
+    stream = detect_by_product(detector, files, batch_size, context.max_file_bytes)
+    for index, (file, result, error) in enumerate(stream):
+        records.append((file, result, error))
+        flag = anomaly_flag(None if result is None else result.score, error)
+        if result is None:
+            counts["unreadable"] += 1
+            table.append([file.name, "", "", None, None, flag, _short_error(error, file)])
+        else:
+            logged.add(file, partial(anomaly_decision, result, detector))
+            answer = "anomalous" if result.anomalous else "good"
+            counts[answer] += 1
+            table.append([file.name, result.product, answer, round(result.score, 3),
+                          round(100 * result.area_fraction, 3), flag, ""])  # fmt: skip
+            if flag and len(gallery) < GALLERY_LIMIT:
+                overlay = anomaly_overlay(load_image(file.path), result)
+                caption = f"{file.name}: score {result.score:.2f} × threshold ({flag})"
+                gallery.append((_thumbnail(overlay, out / f"{index:04d}.jpg"), caption))
+        if flag:
+            flagged[flag] += 1
+        _report(progress, index + 1, len(files), batch_size)
+    logged.flush()
+    seconds = time.perf_counter() - started
+    csv_path = out / "anomalies.csv"
+    with csv_path.open("w", newline="") as handle:
+        write_results_csv(records, handle)
+    summary = _summary(len(files), seconds, flagged, None) + logged.note()
+    return Inspection(
+        summary, pd.DataFrame(table, columns=ANOMALY_COLUMNS), gallery, _share_table(counts, len(files), "answer"),
+        [str(csv_path)],
+    )  # fmt: skip
+
+
+def _summary(total: int, seconds: float, flagged: Counter, min_confidence: float | None) -> str:
     """One sentence: how many images, how fast, and how many need a look and why."""
     count = sum(flagged.values())
     text = f"Inspected **{total}** image(s) in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} images/s). "
     if not count:
-        return text + f"None is flagged at a confidence of {min_confidence:.0%}."
+        rule = "by the detector's threshold" if min_confidence is None else f"at a confidence of {min_confidence:.0%}"
+        return text + f"None is flagged {rule}."
     reasons = ", ".join(f"{number} {reason}" for reason, number in flagged.most_common())
     shown = f" The gallery shows the first {GALLERY_LIMIT}." if count > GALLERY_LIMIT else ""
     return text + f"**{count}** flagged for a look ({reasons}).{shown}"
@@ -367,6 +462,7 @@ def inspect_uploads(
     batch_size: float,
     progress: Progress = None,
     segmenter: str | None = None,
+    detector: str | None = None,
 ) -> Inspection:
     """Check the upload, unpack zips into a temp folder (removed after the run) and run the task."""
     if task not in TASKS:
@@ -379,6 +475,8 @@ def inspect_uploads(
         files = gather_images(upload_paths(uploads), Path(unpacked), context.max_file_bytes)
         if task == CLASSIFY:
             return inspect_classification(context, files, model, float(min_confidence), batch, out, progress)
+        if task == FIND_ANOMALIES:
+            return inspect_anomalies(context, files, batch, out, progress, detector)
         return inspect_defects(context, files, float(min_confidence), batch, out, progress, segmenter)
 
 
@@ -386,9 +484,11 @@ def build(context: TabContext) -> None:
     """The Inspect tab's components and events (``/inspect``, ``/load_example_batch``)."""
     run = user_facing(inspect_uploads)
 
-    def inspect_batch(uploads, task, model, min_confidence, batch_size, segmenter="", progress=TRACK_PROGRESS):
-        """Inspect many images: (summary, table, flagged images, counts, [CSV, JSON(, RLE CSV)])."""
-        return run(context, uploads, task, model, min_confidence, batch_size, progress, segmenter).outputs()
+    def inspect_batch(
+        uploads, task, model, min_confidence, batch_size, segmenter="", detector="", progress=TRACK_PROGRESS
+    ):
+        """Inspect many images: (summary, table, flagged images, counts, [CSV, JSON(, RLE CSV)] or [CSV])."""
+        return run(context, uploads, task, model, min_confidence, batch_size, progress, segmenter, detector).outputs()
 
     with gr.Tab("Inspect", id=TAB_ID):
         gr.Markdown(
@@ -412,6 +512,14 @@ def build(context: TabContext) -> None:
                 task = gr.Radio(list(TASKS), value=CLASSIFY, label="Task", elem_id="inspect-task")
                 model = context.classifier_dropdown(elem_id="inspect-model")
                 segmenter = context.segmenter_dropdown(visible=False, elem_id="inspect-segmenter")
+                detectors = context.anomaly_detectors.choices if context.anomaly_detectors else []
+                detector = gr.Dropdown(
+                    [(choice.label, choice.source) for choice in detectors],
+                    value=detectors[0].source if detectors else None,
+                    label="Anomaly detector (several products: a folder per product in the zip)",
+                    visible=False,
+                    elem_id="inspect-detector",
+                )
                 min_confidence = gr.Slider(
                     0, 1, value=0.5, step=0.01, label="Flag answers below this confidence", elem_id="inspect-confidence"
                 )
@@ -426,14 +534,14 @@ def build(context: TabContext) -> None:
         gallery = gr.Gallery(label="Flagged images", columns=4, height="auto", elem_id="inspect-gallery")
 
     task.change(
-        lambda chosen: (gr.Dropdown(visible=chosen == CLASSIFY), gr.Dropdown(visible=chosen != CLASSIFY)),
+        lambda chosen: [gr.Dropdown(visible=chosen == shown) for shown in (CLASSIFY, FIND_DEFECTS, FIND_ANOMALIES)],
         task,
-        [model, segmenter],
+        [model, segmenter, detector],
         api_name=False,
     )
     inspect_button.click(
         inspect_batch,
-        [uploads, task, model, min_confidence, batch_size, segmenter],
+        [uploads, task, model, min_confidence, batch_size, segmenter, detector],
         [summary, table, gallery, counts, downloads],
         api_name="inspect",
     )
