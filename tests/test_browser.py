@@ -442,8 +442,14 @@ def test_train_a_segmenter_then_segment_with_it_and_export_it_for_cpu(training_a
     assert trained.label.endswith("trained on steel.zip")
 
     page.get_by_role("button", name="Export for CPU (ONNX, checked against PyTorch on the job's test images)").click()
-    page.wait_for_selector("#train-state[data-state='running'], #train-state[data-state='finished']")
-    page.wait_for_selector("#train-state[data-state='finished']", timeout=300_000)
+    trained_job = trained.label.split(":")[0]
+    # The tab now follows the export's own job: finished, and not the job it exported.
+    page.wait_for_function(
+        "(job) => { const state = document.querySelector('#train-state');"
+        " return state && !state.textContent.startsWith(job + ':') && state.dataset.state === 'finished'; }",
+        arg=trained_job,
+        timeout=300_000,
+    )
     exported = segmenters.choices[-1]
     assert exported.source != trained.source and "ONNX float32" in exported.label
     _screenshot(page, "train-export")
@@ -456,7 +462,8 @@ def test_train_a_segmenter_then_segment_with_it_and_export_it_for_cpu(training_a
         page.get_by_role("option", name=model.label).click()
         _upload(page, strip, into="steel-image")
         page.get_by_role("button", name="Find defects", exact=True).click()
-        _text_when(page, "#defect-downloads", f"{strip.stem}_mask.png")  # this strip's answer, not the last one
+        # This strip's answer, not the last one (the file list shows the extension apart from the name).
+        _text_when(page, "#defect-downloads", f"{strip.stem}_mask")
         verdict = page.locator("#defect-verdict").text_content().strip()
         assert verdict.startswith(("Defective", "Clean")), verdict
         assert "Stage 1" not in verdict, verdict  # the demo pair would say what its stage 1 found
