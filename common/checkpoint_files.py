@@ -37,6 +37,10 @@ EXPORT_REPORT_FILE = "export_report.json"
 # fitted threshold). The backbone itself is saved beside them with save_pretrained.
 MEMORY_BANK_FILE = "memory_bank.safetensors"
 ANOMALY_FILE = "anomaly.json"
+# Its feature extractor (backbone up to the hooked layers, pooling, concatenation) as ONNX. Not
+# ONNX_FILE: the detector's folder also holds its backbone's config.json, and a model.onnx there
+# would read as that classifier's logits graph to the classification pipeline.
+ANOMALY_ONNX_FILE = "anomaly_features.onnx"
 # Its report: good vs defective validation scores, the ROC, example anomaly maps, per-image scores.
 SCORE_HISTOGRAM_PLOT = "score_histogram.png"
 ROC_PLOT = "roc.png"

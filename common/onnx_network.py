@@ -129,9 +129,10 @@ class OnnxNetwork:
     Args:
         path: The ``.onnx`` file.
         threads: Intra-op threads; by default torch's, so both runtimes use the same cores.
+        output_name: The graph output returned (``logits``; an anomaly detector's features graph has ``embedding``).
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None, output_name: str = OUTPUT_NAME):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -148,6 +149,7 @@ class OnnxNetwork:
         except Exception as error:  # onnxruntime raises its own exception types for a bad file
             raise OnnxExportError(f"ONNX Runtime cannot load {path}: {error}") from error
         self.path = Path(path)
+        self.output_name = output_name
         self.input_shape = tuple(
             dim if isinstance(dim, int) else None for dim in self.session.get_inputs()[0].shape
         )  # None for a dynamic dimension
@@ -177,7 +179,7 @@ class OnnxNetwork:
             )
         array = np.ascontiguousarray(pixel_values.detach().cpu().numpy(), dtype=np.float32)
         try:
-            (logits,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: array})
+            (logits,) = self.session.run([self.output_name], {INPUT_NAME: array})
         except Exception as error:  # onnxruntime's own exception types, not importable by name
             raise OnnxExportError(f"ONNX Runtime failed to run {self.path}: {error}") from error
         return torch.from_numpy(logits)
@@ -279,7 +281,16 @@ def measure_latency(model: torch.nn.Module, network: OnnxNetwork, pixel_values: 
     The two alternate round by round, so load from other processes on a shared machine falls on
     both alike. One untimed call each comes first: first calls allocate.
     """
-    run_eager, run_onnx = (lambda: _eager_logits(model, pixel_values)), (lambda: network(pixel_values))
+    return latency_in_turns(
+        lambda: _eager_logits(model, pixel_values), lambda: network(pixel_values), pixel_values, rounds
+    )
+
+
+def latency_in_turns(run_eager, run_onnx, pixel_values: torch.Tensor, rounds: int) -> dict:
+    """Median milliseconds of ``run_eager()`` and ``run_onnx()`` on ``pixel_values``, as :func:`measure_latency`.
+
+    For callers whose eager side is not a transformers model (an anomaly detector's feature extractor).
+    """
     run_eager()
     run_onnx()
     timings = [(_milliseconds(run_eager), _milliseconds(run_onnx)) for _ in range(rounds)]

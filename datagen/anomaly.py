@@ -6,9 +6,10 @@ Two sets, drawn from a seed like the others:
   with no defect, but with its harmless stains and roll marks) vs strips with one defect type each
   (pitting, crazing, scratches, patches), one product;
 - ``anomaly-parts`` (:func:`write_anomaly_parts`): one product per part kind (gear, hex nut,
-  washer; :func:`datagen.parts.draw_part`'s parts in random poses and metals, laid on their
-  product's plain table, :func:`draw_good_part`) vs the same parts with drawn defects: cracks,
-  dents, stains and, on gears, missing teeth.
+  washer), each one design (:func:`part_design`: :mod:`datagen.parts`' shapes, one metal) held
+  at one place and size on its product's plain table and turned at random
+  (:func:`draw_good_part`), vs the same parts with drawn defects: cracks, dents, stains and,
+  on gears, missing teeth.
 
 The layout is MVTec AD's (which anomalib also reads), plus a validation split::
 
@@ -26,16 +27,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from datagen.arguments import INFO_NAME, check_seed
-from datagen.parts import draw_part
+from datagen.parts import _METALS, _PART_SHAPES, _SUPERSAMPLE, _downsample, _Pose, _rasterise, _shade_object
 from datagen.steel import CLASS_NAMES, MIN_HEIGHT, MIN_WIDTH, draw_steel
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 TRAIN, VALIDATION, TEST, GOOD, GROUND_TRUTH = "train", "validation", "test", "good", "ground_truth"
 STEEL_DEFECTS: tuple[str, ...] = tuple(CLASS_NAMES[c] for c in sorted(CLASS_NAMES))
 PART_PRODUCTS: tuple[str, ...] = ("gear", "hex_nut", "washer")
@@ -56,11 +58,13 @@ def _mask_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L")
 
 
-def _check_counts(n: int, n_per_class: int) -> None:
+def _check_counts(n: int, n_per_class: int, n_good_test: int | None) -> None:
     if n < 5:
         raise ValueError(f"n={n} good training images is too few to fit a threshold; use n >= 5")
     if n_per_class < 1:
         raise ValueError(f"n_per_class={n_per_class} must be at least 1 (defective images per type and split)")
+    if n_good_test is not None and n_good_test < 1:
+        raise ValueError(f"n_good_test={n_good_test} must be at least 1, or None for n_per_class")
 
 
 def _write_product(
@@ -69,6 +73,7 @@ def _write_product(
     product_index: int,
     n: int,
     n_per_class: int,
+    n_good_test: int,
     defects: tuple[str, ...],
     draw_good: Callable[[np.random.Generator], Image.Image],
     draw_defect: Callable[[str, np.random.Generator], tuple[Image.Image, np.ndarray]],
@@ -78,7 +83,7 @@ def _write_product(
     plan = {
         TRAIN: {GOOD: n},
         VALIDATION: {GOOD: n_per_class, **dict.fromkeys(defects, n_validation_defects)},
-        TEST: {GOOD: n_per_class, **dict.fromkeys(defects, n_per_class)},
+        TEST: {GOOD: n_good_test, **dict.fromkeys(defects, n_per_class)},
     }
     for split, kinds in plan.items():
         prefix = _VALIDATION_PREFIX if split == VALIDATION else ""
@@ -122,6 +127,7 @@ def write_anomaly_steel(
     n_per_class: int = 10,
     height: int = STEEL_HEIGHT,
     width: int = STEEL_WIDTH,
+    n_good_test: int | None = None,
 ) -> dict:
     """Write clean steel strips for training and clean + defective ones (with masks) for validation and test.
 
@@ -132,6 +138,8 @@ def write_anomaly_steel(
         n_per_class: Good test images and defective test images per defect type; validation gets
             as many good ones and half as many (at least one) of each defect type.
         height, width: Image size (Severstal's is 256 x 1600; defects are drawn to scale).
+        n_good_test: Good test images, when more are wanted than ``n_per_class`` (a false-reject
+            rate of 1% needs hundreds to be measured).
 
     Returns:
         The contents of ``dataset_info.json``.
@@ -140,7 +148,7 @@ def write_anomaly_steel(
         ValueError: an argument out of range; nothing is written then.
     """
     check_seed(seed)
-    _check_counts(n, n_per_class)
+    _check_counts(n, n_per_class, n_good_test)
     if height < MIN_HEIGHT or width < MIN_WIDTH:
         raise ValueError(f"height={height}, width={width} is too small; use at least {MIN_HEIGHT} x {MIN_WIDTH}")
     by_name = {name: class_id for class_id, name in CLASS_NAMES.items()}
@@ -154,7 +162,8 @@ def write_anomaly_steel(
             if mask.any():
                 return image, mask > 0
 
-    plan = _write_product(Path(out), seed, 0, n, n_per_class, STEEL_DEFECTS, good, defective)
+    n_good_test = n_per_class if n_good_test is None else n_good_test
+    plan = _write_product(Path(out), seed, 0, n, n_per_class, n_good_test, STEEL_DEFECTS, good, defective)
     info = _info("anomaly-steel", seed, {"steel": plan}, height=height, width=width)
     (Path(out) / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     return info
@@ -252,31 +261,88 @@ def part_defects(product: str) -> tuple[str, ...]:
 
 # The inspection table every part of a product lies on: one colour per product, as on a line.
 _TABLE_COLOURS = {"gear": (62, 96, 120), "hex_nut": (48, 112, 80), "washer": (120, 72, 60)}
+# A station's fixture holds every part of a product at one place and size (as MVTec AD's objects
+# are): the part's largest side fills this share of the image, give or take the jitters (shares
+# of the image side, and of the size). Only the rotation is free, as on MVTec's metal nuts.
+_PART_FILL = 0.8
+_POSITION_JITTER = 0.02
+_SCALE_JITTER = 0.02
+# Generator stream of a product's design, apart from the images' own streams.
+_DESIGN_STREAM = 21
 
 
-def draw_good_part(product: str, rng: np.random.Generator, size: int = 128) -> tuple[Image.Image, np.ndarray]:
-    """A part of kind ``product`` on its product's plain inspection table: ``(image, boolean part mask)``.
+@dataclass(frozen=True)
+class PartDesign:
+    """What every part of one product shares: its shape (teeth, bore, holes), metal and station light."""
 
-    :func:`datagen.parts.draw_part` puts parts on random textured, cluttered backgrounds (a
-    classifier must learn to ignore them); an inspection station shows one product on one
-    background, and clutter would look like the very defects to find. So the part, with its
-    own pose, metal and shading, is cut out along its mask and laid on a plain table with a
-    little lighting gradient and sensor noise.
+    product: str
+    ops: tuple
+    colour: np.ndarray
+    light_seed: int
+
+
+def part_design(product: str, seed: int = 0) -> PartDesign:
+    """The one design of ``product`` that the set of ``seed`` makes (another seed, another design).
+
+    Raises:
+        ValueError: ``product`` is not one of :data:`PART_PRODUCTS`.
     """
-    image, part_image = draw_part(product, rng, size)
-    part = np.asarray(part_image) > 127
-    # A slightly soft edge, like a lens gives, instead of the mask's hard steps.
-    alpha = np.asarray(part_image.filter(ImageFilter.GaussianBlur(0.6)), np.float32)[..., None] / 255.0
+    if product not in PART_PRODUCTS:
+        raise ValueError(f"product={product!r} is not an anomaly-parts product; use one of {', '.join(PART_PRODUCTS)}")
+    rng = np.random.default_rng([seed, PART_PRODUCTS.index(product) + 1, _DESIGN_STREAM])
+    ops = tuple(_PART_SHAPES[product](rng))
+    colour = _METALS[rng.integers(len(_METALS))]  # bare metal: a product is not painted one part in five
+    return PartDesign(product, ops, colour, int(rng.integers(2**31)))
+
+
+def _fixture_pose(design: PartDesign, rng: np.random.Generator, canvas: int) -> _Pose:
+    """Any rotation; position and size as the fixture holds them, within the jitters."""
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    matrix = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    solid = np.vstack([op.points for op in design.ops if op.kind in ("fill", "stroke")])
+    extent = 2.0 * float(np.hypot(solid[:, 0], solid[:, 1]).max())  # the part's diameter, whatever its rotation
+    scale = _PART_FILL * canvas / extent * (1.0 + rng.uniform(-_SCALE_JITTER, _SCALE_JITTER))
+    offset = canvas / 2 + rng.uniform(-_POSITION_JITTER, _POSITION_JITTER, 2) * canvas
+    return _Pose(matrix, scale, offset)
+
+
+def draw_good_part(
+    product: str, rng: np.random.Generator, size: int = 128, *, design: PartDesign | None = None
+) -> tuple[Image.Image, np.ndarray]:
+    """A part of kind ``product`` at its inspection station: ``(image, boolean part mask)``.
+
+    :func:`datagen.parts.draw_part` draws a new design (tooth count, bore, holes, even paint) in a
+    random size, place, tilt and background for every image, which a classifier must learn to
+    see through. An inspection station sees one product: the same design and metal, held by a
+    fixture at one place and size under one light, on a plain table with a little lighting
+    gradient and sensor noise. Only the rotation is free (these parts are round or hexagonal
+    and are fed in any orientation). A detector trained on good images can only call a part
+    novel if good parts are alike; with a new design in every image, every image is novel.
+
+    Args:
+        design: The product's design; :func:`part_design` of ``product`` with seed 0 without one.
+    """
+    design = design or part_design(product)
+    canvas = size * _SUPERSAMPLE
+    silhouette, shading = _rasterise(design.ops, _fixture_pose(design, rng, canvas), canvas)
+    coverage = np.asarray(silhouette.reduce(_SUPERSAMPLE), np.float32)
+    colour = np.clip(design.colour * rng.uniform(0.97, 1.03) + rng.normal(0.0, 2.0, 3), 0, 255).astype(np.float32)
+    # The station's light stays where it is while the part turns under it.
+    part_pixels = _shade_object(coverage, _downsample(shading), colour, np.random.default_rng(design.light_seed))
     table = np.array(_TABLE_COLOURS[product], np.float32)
     yy = np.linspace(-1.0, 1.0, size, dtype=np.float32)[:, None, None]
-    background = table * (1.0 + rng.uniform(-0.06, 0.06) * yy) + rng.normal(0.0, 2.0, (size, size, 3))
-    pixels = np.asarray(image, np.float32) * alpha + background * (1.0 - alpha)
-    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB"), part
+    background = table * (1.0 + rng.uniform(-0.04, 0.04) * yy) + rng.normal(0.0, 2.0, (size, size, 3))
+    alpha = coverage[..., None] / 255.0
+    pixels = background * (1.0 - alpha) + part_pixels + rng.normal(0.0, 1.5, (size, size, 3)) * alpha
+    image = Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return image, coverage >= 128
 
 
-def draw_defective_part(product: str, defect: str, rng: np.random.Generator, size: int = 128):
+def draw_defective_part(
+    product: str, defect: str, rng: np.random.Generator, size: int = 128, *, design: PartDesign | None = None
+) -> tuple[Image.Image, np.ndarray]:
     """:func:`draw_good_part` with one ``defect`` drawn on it: ``(image, boolean defect mask)``."""
-    image, part = draw_good_part(product, rng, size)
+    image, part = draw_good_part(product, rng, size, design=design)
     pixels = np.asarray(image, np.float32).copy()
     mask = _PART_DRAWERS[defect](pixels, part, rng)
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB"), mask
@@ -296,7 +362,14 @@ def _clear_products(out: Path) -> None:
 
 
 def write_anomaly_parts(
-    out: str | Path, seed: int = 0, n: int = 200, n_per_class: int = 10, size: int = 128, *, overwrite: bool = False
+    out: str | Path,
+    seed: int = 0,
+    n: int = 200,
+    n_per_class: int = 10,
+    size: int = 128,
+    *,
+    overwrite: bool = False,
+    n_good_test: int | None = None,
 ) -> dict:
     """Write one MVTec product folder per part kind (:data:`PART_PRODUCTS`): good parts, and defective ones with masks.
 
@@ -308,6 +381,7 @@ def write_anomaly_parts(
             validation gets as many good ones and half as many (at least one) of each defect type.
         size: Image width and height.
         overwrite: Delete the product folders' PNGs of an earlier run first.
+        n_good_test: Good test images per product, when more are wanted than ``n_per_class``.
 
     Returns:
         The contents of ``dataset_info.json``.
@@ -316,22 +390,26 @@ def write_anomaly_parts(
         ValueError: an argument out of range; nothing is written then.
     """
     check_seed(seed)
-    _check_counts(n, n_per_class)
+    _check_counts(n, n_per_class, n_good_test)
     if size < 64:
         raise ValueError(f"size={size} is too small to draw defects on a part; use size >= 64")
+    n_good_test = n_per_class if n_good_test is None else n_good_test
     if overwrite:
         _clear_products(Path(out))
     plans = {}
     for index, product in enumerate(PART_PRODUCTS):
+        design = part_design(product, seed)
 
-        def good(rng, product=product):
-            return draw_good_part(product, rng, size)[0]
+        def good(rng, product=product, design=design):
+            return draw_good_part(product, rng, size, design=design)[0]
 
-        def defective(kind, rng, product=product):
-            return draw_defective_part(product, kind, rng, size)
+        def defective(kind, rng, product=product, design=design):
+            return draw_defective_part(product, kind, rng, size, design=design)
 
         root = Path(out) / product
-        plans[product] = _write_product(root, seed, index + 1, n, n_per_class, part_defects(product), good, defective)
+        plans[product] = _write_product(
+            root, seed, index + 1, n, n_per_class, n_good_test, part_defects(product), good, defective
+        )
     info = _info("anomaly-parts", seed, plans, size=size)
     (Path(out) / INFO_NAME).write_text(json.dumps(info, indent=2) + "\n")
     return info

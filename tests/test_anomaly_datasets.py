@@ -7,7 +7,14 @@ import pytest
 from PIL import Image
 
 from datagen import GENERATORS
-from datagen.anomaly import PART_PRODUCTS, STEEL_DEFECTS, draw_defective_part, draw_good_part, write_anomaly_parts
+from datagen.anomaly import (
+    PART_PRODUCTS,
+    STEEL_DEFECTS,
+    draw_defective_part,
+    draw_good_part,
+    part_design,
+    write_anomaly_parts,
+)
 from train.datasets import main
 
 
@@ -53,6 +60,29 @@ def test_a_part_defect_changes_the_part_where_its_mask_says(defect):
     assert mask.sum() >= 4
     assert change[mask].mean() > 15  # visible where the mask is
     assert change[~mask].mean() < 0.5  # and (almost) nowhere else
+
+
+@pytest.mark.parametrize("product", PART_PRODUCTS)
+def test_good_parts_of_a_product_are_alike_but_turned(product):
+    # A detector trained on good images can only find what good images do not show: every good
+    # part of a product must be one design at one place and size (as at an inspection station).
+    design = part_design(product, seed=3)
+    drawn = [draw_good_part(product, np.random.default_rng([3, i]), 128, design=design) for i in range(6)]
+    areas = np.array([mask.sum() for _, mask in drawn])
+    centres = np.array([np.argwhere(mask).mean(axis=0) for _, mask in drawn])
+    assert areas.max() / areas.min() < 1.15
+    assert np.abs(centres - 64).max() < 6
+    assert np.abs(np.asarray(drawn[0][0], float) - np.asarray(drawn[1][0], float)).mean() > 2  # not one picture
+    # Another seed, another design: the same pose draws another part.
+    again = draw_good_part(product, np.random.default_rng([3, 0]), 128, design=part_design(product, seed=4))
+    assert np.abs(np.asarray(again[0], float) - np.asarray(drawn[0][0], float)).mean() > 5
+
+
+def test_more_good_test_images_than_defective_ones_on_request(tmp_path):
+    info = write_anomaly_parts(tmp_path, n=5, n_per_class=1, size=64, n_good_test=4)
+    assert len(list((tmp_path / "gear" / "test" / "good").glob("*.png"))) == 4
+    assert len(list((tmp_path / "gear" / "test" / "crack").glob("*.png"))) == 1
+    assert info["counts"]["test"]["good"] == 12
 
 
 def test_parts_set_has_one_product_folder_each_and_missing_teeth_only_on_gears(tmp_path):

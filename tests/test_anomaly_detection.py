@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from common.anomaly_features import PatchFeatureExtractor, default_layers
 from common.anomaly_files import load_anomaly_config, load_memory_banks
+from common.anomaly_metrics import image_metrics, pixel_auroc, pro_score
 from common.anomaly_scores import nearest_distances
 from common.anomaly_threshold import false_reject_rate, fit_threshold, is_anomalous, normalise_scores
 from common.checkpoint_files import ANOMALY_FILE, MEMORY_BANK_FILE, MODEL_CARD_FILE, SCORE_HISTOGRAM_PLOT
@@ -27,7 +28,6 @@ from pipelines.anomaly_detection import cli as detect_cli
 from train.anomaly_detection import train as anomaly_train
 from train.anomaly_detection.coreset import coreset, coreset_indices
 from train.anomaly_detection.data import find_products, load_checked_images
-from train.anomaly_detection.metrics import image_metrics, pixel_auroc, pro_score
 from train.data import DataError
 
 STRIP = (48, 192)  # (h, w) of the generated steel strips: small, so every test stays fast

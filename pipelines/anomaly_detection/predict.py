@@ -28,11 +28,14 @@ from transformers import AutoModelForImageClassification
 
 from common.anomaly_features import LayerError, PatchFeatureExtractor, pixel_values
 from common.anomaly_files import AnomalyModelError, backbone_source, load_anomaly_config, load_memory_banks
+from common.anomaly_onnx import OnnxPatchFeatureExtractor, served_extractor
 from common.anomaly_scores import anomaly_maps, image_scores, patch_score_grids
 from common.anomaly_threshold import is_anomalous
-from common.checkpoint_files import MEMORY_BANK_FILE, WEIGHTS_FILE
+from common.checkpoint_files import ANOMALY_ONNX_FILE, MEMORY_BANK_FILE, WEIGHTS_FILE
 from common.checkpoints import ModelLoadError, load_pretrained
 from common.image_io import load_image
+from common.onnx_network import OnnxExportError
+from pipelines.runtime import check_runtime
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -110,12 +113,17 @@ class AnomalyDetector:
         self.backbone_dir = None if backbone_dir is None else Path(backbone_dir)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> AnomalyDetector:
-        """Load a detector directory written by ``python -m train.anomaly_detection``.
+    def from_pretrained(cls, directory: str | os.PathLike, runtime: str = "auto") -> AnomalyDetector:
+        """Load a detector directory written by ``python -m train.anomaly_detection`` (or its ONNX export).
+
+        ``runtime`` is what embeds the patches: ``"auto"`` (ONNX Runtime when the folder holds
+        ``anomaly_features.onnx``, written by ``python -m train.export DIR OUT --format onnx``),
+        ``"torch"`` or ``"onnx"``; the nearest-neighbour search runs in PyTorch either way.
 
         Raises:
             common.checkpoints.ModelLoadError: not a detector directory, or damaged; the message says what to do.
         """
+        check_runtime(runtime)
         path = Path(directory).expanduser()
         if not path.is_dir():
             raise ModelLoadError(
@@ -131,10 +139,15 @@ class AnomalyDetector:
         # The default backbone comes from the installed package (built once into the cache), not the folder.
         model = load_pretrained(AutoModelForImageClassification, backbone)
         try:
-            extractor = PatchFeatureExtractor(model, config.layers)
-        except LayerError as error:
+            extractor = served_extractor(path, config, PatchFeatureExtractor(model, config.layers), runtime)
+        except (LayerError, AnomalyModelError, OnnxExportError) as error:
             raise ModelLoadError(f"Anomaly detector '{directory}': {error}") from error
         return cls(extractor, config, banks, str(directory), backbone_dir=model.config._name_or_path)
+
+    @property
+    def runtime(self) -> str:
+        """What embeds the patches: ``"onnx"`` or ``"torch"``."""
+        return "onnx" if isinstance(self.extractor, OnnxPatchFeatureExtractor) else "torch"
 
     @property
     def products(self) -> list[str]:
@@ -213,6 +226,8 @@ class AnomalyDetector:
     def weight_files(self) -> list[Path]:
         """The files whose bytes decide a score: the memory banks, then the backbone's weights."""
         files = [Path(self.source) / MEMORY_BANK_FILE]
+        if self.runtime == "onnx":  # the graph, not the PyTorch weights, then computes the features
+            return [*files, Path(self.source) / ANOMALY_ONNX_FILE]
         if self.backbone_dir is not None and (self.backbone_dir / WEIGHTS_FILE).is_file():
             files.append(self.backbone_dir / WEIGHTS_FILE)
         return files

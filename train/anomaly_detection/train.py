@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from transformers import AutoModelForImageClassification, HfArgumentParser
 
+from common import anomaly_metrics
 from common.anomaly_features import LayerError, PatchFeatureExtractor, default_layers, embed_images, patch_vectors
 from common.anomaly_files import BANK_DTYPES, AnomalyConfig, ProductRule, save_anomaly_model, saves_backbone
 from common.anomaly_scores import DEFAULT_SIGMA, anomaly_maps, image_scores, patch_score_grids
@@ -58,7 +59,6 @@ from common.checkpoints import ModelLoadError, load_image_processor, load_pretra
 from common.default_model import DEFAULT_MODEL
 from common.image_io import ImageLoadError, load_image
 from common.preprocessing import input_geometry
-from train.anomaly_detection import metrics as anomaly_metrics
 from train.anomaly_detection import report
 from train.anomaly_detection.coreset import coreset
 from train.anomaly_detection.data import ValidationSet, find_products, find_validation_sets, load_checked_images

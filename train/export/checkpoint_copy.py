@@ -54,14 +54,17 @@ def resolve_source(source: str | os.PathLike) -> Path:
     return Path(source)
 
 
-def check_export_paths(source: Path, destination: Path, overwrite: bool) -> None:
+def check_export_paths(source: Path, destination: Path, overwrite: bool, *, weights: bool = True) -> None:
     """Refuse what cannot be exported before any work is done.
+
+    Args:
+        weights: Require ``model.safetensors`` (an anomaly detector on the default backbone has none).
 
     Raises:
         ExportError: no ``model.safetensors`` in ``source`` (e.g. a sharded or .bin checkpoint),
             ``destination`` is ``source``, or ``destination`` is not empty and ``overwrite`` is off.
     """
-    if not (source / WEIGHTS_FILE).is_file():
+    if weights and not (source / WEIGHTS_FILE).is_file():
         raise ExportError(f"{source} has no {WEIGHTS_FILE}; pass a directory written by save_pretrained (one file).")
     if source.resolve() == destination.resolve():
         raise ExportError("The destination is the source; export to another directory.")

@@ -4,6 +4,7 @@
     python -m train.export default build/default-onnx --format onnx --eval_dir photos/
     python -m train.export default build/default-int8 --format onnx --quantize int8 \\
         --calibration_dir photos/calibration --eval_dir photos/held-out
+    python -m train.export models/steel-anomaly build/steel-anomaly-onnx --format onnx   # its feature extractor
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.anomaly_files import is_anomaly_dir
 from common.checkpoint_files import EXPORT_REPORT_FILE, ONNX_FILE
 from common.checkpoints import ModelLoadError
 from common.onnx_network import OnnxExportError
 from common.training_progress import EXPORTING
 from train import progress
+from train.export.anomaly import export_anomaly_onnx
 from train.export.checkpoint_copy import ExportError
 from train.export.fp16 import DTYPES, export
 from train.export.onnx_export import DEFAULT_CALIBRATION_IMAGES, Floors, OnnxOptions, export_onnx
@@ -95,6 +98,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_flags(parser, args)
+    if is_anomaly_dir(args.source) and (args.quantize or args.calibration_dir):
+        parser.error(
+            "--quantize and --calibration_dir are not available for an anomaly detector: its scores are distances "
+            "between features, which int8 would move; export it in float32 (drop them)."
+        )
     command = shlex.join([*PROG.split(), *(sys.argv[1:] if argv is None else argv)])
     progress.phase(EXPORTING)
     try:
@@ -115,7 +123,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             latency_runs=args.latency_runs,
             floors=Floors(args.min_top1_agreement_fp32, args.min_top1_agreement_int8, args.min_defect_pixel_agreement),
         )
-        report = export_onnx(args.source, args.destination, options, overwrite=args.overwrite, command=command)
+        if is_anomaly_dir(args.source):  # the feature extractor's graph; the memory bank stays as it is
+            report = export_anomaly_onnx(
+                args.source, args.destination, overwrite=args.overwrite, command=command,
+                eval_dir=args.eval_dir, latency_runs=args.latency_runs,
+            )  # fmt: skip
+        else:
+            report = export_onnx(args.source, args.destination, options, overwrite=args.overwrite, command=command)
     except (ExportError, ModelLoadError, OnnxExportError) as error:
         progress.fail(str(error))  # the Train tab's export job shows this sentence
         parser.exit(2, f"error: {error}\n")
@@ -128,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def summary(destination: str, report: dict) -> str:
     """One line per fact the user checks first."""
     exported = report["exported"]
-    lines = [f"wrote {destination}: {ONNX_FILE} ({report['precision']})"]
+    lines = [f"wrote {destination}: {report.get('onnx', {}).get('file', ONNX_FILE)} ({report['precision']})"]
     lines += [f"  {key}: {exported[key]:.4g}" for key in sorted(exported) if isinstance(exported[key], float)]
     lines.append(
         f"  latency batch 1: {report['latency_ms_onnx']:.1f} ms vs eager {report['latency_ms_eager']:.1f} ms "
