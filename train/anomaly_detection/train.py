@@ -72,6 +72,13 @@ PROG = "python -m train.anomaly_detection"
 _MAP_EXAMPLES = 4
 
 
+# The default backbone's layers: the first stride-16 block (blocks.3, 80 channels) rather than the
+# last (blocks.4, 112) gave equal or better pixel AUROC on generated steel and parts in
+# bench-anomaly, with a 0.05 coreset half the nearest-neighbour work: detection at about 2x the
+# backbone's forward instead of 3.8x.
+DEFAULT_BACKBONE_LAYERS = ("timm_model.blocks.2", "timm_model.blocks.3")
+
+
 @dataclass
 class DataArguments:
     train_dir: str = field(
@@ -105,8 +112,8 @@ class ModelArguments:
     layers: str | None = field(
         default=None,
         metadata={
-            "help": "Comma-separated module names to embed, shallow first (default: the ends of the stride-8 and "
-            "stride-16 stages, e.g. timm_model.blocks.2,timm_model.blocks.4)."
+            "help": "Comma-separated module names to embed, shallow first (default: timm_model.blocks.2,"
+            "timm_model.blocks.3 for the default backbone, else the ends of the stride-8 and stride-16 stages)."
         },
     )
     image_size: str = field(default="224", metadata={"help": "Network input size: N or HEIGHTxWIDTH (e.g. 128x800)."})
@@ -115,7 +122,9 @@ class ModelArguments:
 @dataclass
 class DetectorArguments:
     output_dir: str = field(metadata={"help": "Directory to write the detector to."})
-    coreset_ratio: float = field(default=0.1, metadata={"help": "Share of the good patches kept in the memory bank."})
+    coreset_ratio: float = field(
+        default=0.05, metadata={"help": "Share of the good patches kept in the memory bank (default 0.05)."}
+    )
     false_reject_rate: float = field(
         default=DEFAULT_FALSE_REJECT_RATE, metadata={"help": "Share of good images the threshold may reject."}
     )
@@ -391,6 +400,8 @@ def train_detector(
     torch.manual_seed(data.seed)
     model, processor, mean, std = load_backbone(model_args.backbone)
     layers = [name.strip() for name in model_args.layers.split(",") if name.strip()] if model_args.layers else None
+    if layers is None and model_args.backbone == DEFAULT_MODEL:
+        layers = list(DEFAULT_BACKBONE_LAYERS)
     extractor = PatchFeatureExtractor(model, layers or default_layers(model))
     config = AnomalyConfig(
         backbone=model_args.backbone,
