@@ -183,6 +183,16 @@ def _thumbnail(image: Image.Image, out: Path) -> str:
     return str(out)
 
 
+def _keep_flagged(gallery: list, flag: str, file: ImageFile, caption: str, out: Path, draw=None, answer=None) -> None:
+    """A flagged image into the gallery as a thumbnail (``draw(image, answer)`` over it), while there is room.
+
+    The image is read (and drawn on) only then: a run of a thousand flagged images keeps 48.
+    """
+    if flag and len(gallery) < GALLERY_LIMIT:
+        picture = load_image(file.path)
+        gallery.append((_thumbnail(picture if draw is None else draw(picture, answer), out), caption))
+
+
 def _short_error(error: str, file: ImageFile) -> str:
     """The loader's reason without the "Cannot read image 'name':" that the file column already says."""
     return error.removeprefix(f"Cannot read image '{file.name}': ")
@@ -239,9 +249,8 @@ def inspect_classification(
             counts["unknown" if result.unknown else best.label] += 1
             table.append([file.name, classification_answer(result), round(best.score, 4),
                           "yes" if result.unknown else "", flag, ""])  # fmt: skip
-            if flag and len(gallery) < GALLERY_LIMIT:
-                caption = f"{file.name}: {classification_answer(result)}, {best.score:.0%} ({flag})"
-                gallery.append((_thumbnail(load_image(file.path), out / f"{index:04d}.jpg"), caption))
+            caption = f"{file.name}: {classification_answer(result)}, {best.score:.0%} ({flag})"
+            _keep_flagged(gallery, flag, file, caption, out / f"{index:04d}.jpg")
         if flag:
             flagged[flag] += 1
         _report(progress, index + 1, len(files), batch_size)
@@ -325,10 +334,8 @@ def inspect_defects(
                 counts.update([region.label for region in segmentation.regions if region.present] or ["clean"])
                 table.append([file.name, answer, None if confidence is None else round(confidence, 4),
                               "yes" if segmentation.defective else "", areas, flag, ""])  # fmt: skip
-                if flag and len(gallery) < GALLERY_LIMIT:
-                    overlay = overlay_masks(load_image(file.path), segmentation)
-                    caption = f"{file.name}: {areas or answer} ({flag})"
-                    gallery.append((_thumbnail(overlay, out / f"{index:04d}.jpg"), caption))
+                caption = f"{file.name}: {areas or answer} ({flag})"
+                _keep_flagged(gallery, flag, file, caption, out / f"{index:04d}.jpg", overlay_masks, segmentation)
             if flag:
                 flagged[flag] += 1
             _report(progress, index + 1, len(files), batch_size)
@@ -422,10 +429,8 @@ def inspect_anomalies(
             counts[answer] += 1
             table.append([file.name, result.product, answer, round(result.score, 3),
                           round(100 * result.area_fraction, 3), flag, ""])  # fmt: skip
-            if flag and len(gallery) < GALLERY_LIMIT:
-                overlay = anomaly_overlay(load_image(file.path), result)
-                caption = f"{file.name}: score {result.score:.2f} × threshold ({flag})"
-                gallery.append((_thumbnail(overlay, out / f"{index:04d}.jpg"), caption))
+            caption = f"{file.name}: score {result.score:.2f} × threshold ({flag})"
+            _keep_flagged(gallery, flag, file, caption, out / f"{index:04d}.jpg", anomaly_overlay, result)
         if flag:
             flagged[flag] += 1
         _report(progress, index + 1, len(files), batch_size)
@@ -513,9 +518,10 @@ def build(context: TabContext) -> None:
                 model = context.classifier_dropdown(elem_id="inspect-model")
                 segmenter = context.segmenter_dropdown(visible=False, elem_id="inspect-segmenter")
                 detectors = context.anomaly_detectors.choices if context.anomaly_detectors else []
+                # Never empty: /inspect's inputs after the task must all keep a default for API callers.
                 detector = gr.Dropdown(
-                    [(choice.label, choice.source) for choice in detectors],
-                    value=detectors[0].source if detectors else None,
+                    [(choice.label, choice.source) for choice in detectors] or [("(no anomaly detector)", "")],
+                    value=detectors[0].source if detectors else "",
                     label="Anomaly detector (several products: a folder per product in the zip)",
                     visible=False,
                     elem_id="inspect-detector",
