@@ -26,6 +26,10 @@ from pipelines.registry import ClassifierRegistry
 from tests.conftest import noise_png_bytes, write_colour_folders, write_zip, zip_folder
 
 pytestmark = pytest.mark.slow
+# Jobs that must still be training when they are cancelled or the app stops: a batch of one makes 24
+# steps an epoch (960 in 40 epochs), where a batch of 32 made one, and a quiet machine finished all 40
+# before the cancel arrived.
+ONE_BY_ONE = "--per_device_train_batch_size 1"
 JOB_TIMEOUT = 300  # seconds: a tiny model trains in seconds, but a shared 2-core machine can be slow
 
 
@@ -126,7 +130,7 @@ def test_a_crashed_job_fails_with_its_reason_and_the_next_job_still_runs(jobs, c
 
 def test_a_killed_process_ends_as_failed_and_resume_finishes_it(jobs, colours_zip, tiny_vit_dir):
     service, _ = jobs
-    job = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=30))
+    job = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=30, advanced=ONE_BY_ONE))
     wait_for(service, job.id, training_at_step(3))
     os.killpg(service.manager.get(job.id).pid, signal.SIGKILL)  # as the out-of-memory killer would
     status = wait_for(service, job.id, ended)
@@ -138,7 +142,7 @@ def test_a_killed_process_ends_as_failed_and_resume_finishes_it(jobs, colours_zi
 
 def test_cancel_keeps_a_checkpoint_and_resume_continues_from_it(jobs, colours_zip, tiny_vit_dir):
     service, _ = jobs
-    job = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=40))
+    job = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=40, advanced=ONE_BY_ONE))
     wait_for(service, job.id, training_at_step(4))
     service.cancel(job.id)
     status = wait_for(service, job.id, ended)
@@ -160,7 +164,7 @@ def test_cancel_keeps_a_checkpoint_and_resume_continues_from_it(jobs, colours_zi
 
 def test_a_second_job_waits_for_the_first(jobs, colours_zip, tiny_vit_dir):
     service, _ = jobs
-    first = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=20))
+    first = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=20, advanced=ONE_BY_ONE))
     second = service.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=1))
     wait_for(service, first.id, lambda status: status["state"] == RUNNING)
     status = service.status(second.id)
@@ -173,7 +177,8 @@ def test_a_restart_lists_past_jobs_and_offers_resume_for_the_interrupted(tmp_pat
     first_app = TrainingJobs(JobManager(tmp_path / "jobs", stop_grace_seconds=30))
     done = first_app.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=1))
     wait_for(first_app, done.id, ended)
-    running = first_app.start(DataSource("zip", str(colours_zip)), _recipe(tiny_vit_dir, epochs=40))
+    slow = _recipe(tiny_vit_dir, epochs=40, advanced=ONE_BY_ONE)
+    running = first_app.start(DataSource("zip", str(colours_zip)), slow)
     wait_for(first_app, running.id, training_at_step(2))
     first_app.manager.close()  # the app stops: its running job saves a checkpoint and stops
 
