@@ -56,7 +56,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
-from bench.common import RESULTS, check_at_least, latency_stats, machine_info, publish_report
+from bench.common import RESULTS, check_at_least, latency_stats, machine_info, mvtec_test_pairs, publish_report
 from common.anomaly_metrics import pro_score
 from common.default_model import rename_lite0_keys, source_weights_path
 from common.onnx_network import read_cpu_flags
@@ -130,14 +130,6 @@ def build_patchcore(variant: str, work: Path) -> Patchcore:
 
     with mock.patch.object(timm, "create_model", create_with_local_weights):
         return Patchcore(backbone=LITE0, layers=LITE0_LAYERS)
-
-
-def test_images(data: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask or None for good) of the test split, good first, as bench.anomaly orders them."""
-    pairs = [(p, None) for p in sorted((data / "test" / "good").glob("*.png"))]
-    for folder in sorted(p for p in (data / "test").iterdir() if p.is_dir() and p.name != "good"):
-        pairs += [(p, data / "ground_truth" / folder.name / f"{p.stem}_mask.png") for p in sorted(folder.glob("*.png"))]
-    return pairs
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -246,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     report["model"] = {"backbone": model.model.backbone, "layers": list(model.model.layers)}
     report["good_train_images"] = n_train
     report["training"] = fit(model, datamodule, args.work_dir)
-    report["test"], times_ms = evaluate(model, test_images(view))
+    report["test"], times_ms = evaluate(model, mvtec_test_pairs(view))
     report["ms_per_image"] = latency_stats(times_ms[_WARMUP_IMAGES:])
     training, test = report["training"], report["test"]
     summary = (

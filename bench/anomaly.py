@@ -38,7 +38,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForImageClassification
 
-from bench.common import RESULTS, latency_stats, machine_info, publish_report, time_round_robin
+from bench.common import RESULTS, latency_stats, machine_info, mvtec_test_pairs, publish_report, time_round_robin
 from common.anomaly_metrics import pro_score
 from common.checkpoints import load_pretrained
 from common.image_io import load_image
@@ -74,14 +74,6 @@ def _read_cpu_flags() -> list[str]:
         return cpu_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
         return []
-
-
-def test_images(data: Path) -> list[tuple[Path, Path | None]]:
-    """(image, mask or None for good) of the test split, good first."""
-    pairs = [(p, None) for p in sorted((data / "test" / "good").glob("*.png"))]
-    for folder in sorted(p for p in (data / "test").iterdir() if p.is_dir() and p.name != "good"):
-        pairs += [(p, data / "ground_truth" / folder.name / f"{p.stem}_mask.png") for p in sorted(folder.glob("*.png"))]
-    return pairs
 
 
 def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -223,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             "good_train_images": args.n,
             "image_size": list(load_image(next((data / "test" / "good").glob("*.png"))).size[::-1]),
             "training": training,
-            "test": evaluate(detectors[name], test_images(data)),
+            "test": evaluate(detectors[name], mvtec_test_pairs(data)),
         }
     strip = load_image(next((folders["steel"] / "test" / "good").glob("*.png"))) if "steel" in folders else None
     latency = measure_latency(detectors, strip, args.rounds, args.backbone)

@@ -259,3 +259,11 @@ def benchmark_photo_path(name: str = BENCHMARK_PHOTO) -> Path:
             "Install it with: pip install -r requirements.txt"
         )
     return source
+
+
+def mvtec_test_pairs(data: Path) -> list[tuple[Path, Path | None]]:
+    """(image, mask or None for good) of an MVTec-layout test split (test/<kind>, ground_truth/<kind>), good first."""
+    pairs = [(p, None) for p in sorted((data / "test" / "good").glob("*.png"))]
+    for folder in sorted(p for p in (data / "test").iterdir() if p.is_dir() and p.name != "good"):
+        pairs += [(p, data / "ground_truth" / folder.name / f"{p.stem}_mask.png") for p in sorted(folder.glob("*.png"))]
+    return pairs
