@@ -53,11 +53,17 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 from anomalib.models import Patchcore
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 from torchvision.transforms.v2.functional import to_dtype, to_image
 
-from bench.common import RESULTS, check_at_least, latency_stats, machine_info, mvtec_test_pairs, publish_report
-from common.anomaly_metrics import pro_score
+from bench.common import (
+    RESULTS,
+    check_at_least,
+    latency_stats,
+    machine_info,
+    mvtec_test_pairs,
+    publish_report,
+    separation_metrics,
+)
 from common.default_model import rename_lite0_keys, source_weights_path
 from common.onnx_network import read_cpu_flags
 
@@ -132,10 +138,6 @@ def build_patchcore(variant: str, work: Path) -> Patchcore:
         return Patchcore(backbone=LITE0, layers=LITE0_LAYERS)
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return round(float(roc_auc_score(labels, scores)), 4)
-
-
 def evaluate(model: Patchcore, pairs: list[tuple[Path, Path | None]]) -> tuple[dict, list[float]]:
     """Image AUROC (overall and per defect type), pixel AUROC and PRO; and each image's latency in ms."""
     scores, kinds, maps, masks, times_ms = [], [], [], [], []
@@ -155,21 +157,7 @@ def evaluate(model: Patchcore, pairs: list[tuple[Path, Path | None]]) -> tuple[d
             kinds.append("good" if mask_path is None else mask_path.parent.name)
             maps.append(anomaly_map[::step, ::step])
             masks.append(mask[::step, ::step])
-    scores, kinds = np.array(scores), np.array(kinds)
-    good = kinds == "good"
-    per_type = {
-        kind: _auroc(kinds[good | (kinds == kind)] == kind, scores[good | (kinds == kind)])
-        for kind in sorted(set(kinds) - {"good"})
-    }
-    test = {
-        "n_good": int(good.sum()),
-        "n_defective": int((~good).sum()),
-        "image_auroc": _auroc(~good, scores),
-        "image_auroc_per_type": per_type,
-        "pixel_auroc": _auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])),
-        "pro": round(pro_score(maps, masks), 4),
-    }
-    return test, times_ms
+    return separation_metrics(scores, kinds, maps, masks), times_ms
 
 
 def fit(model: Patchcore, datamodule: MVTecAD, work: Path) -> dict:

@@ -35,11 +35,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 from PIL import Image
-from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForImageClassification
 
-from bench.common import RESULTS, latency_stats, machine_info, mvtec_test_pairs, publish_report, time_round_robin
-from common.anomaly_metrics import pro_score
+from bench.common import (
+    RESULTS,
+    latency_stats,
+    machine_info,
+    mvtec_test_pairs,
+    publish_report,
+    separation_metrics,
+    time_round_robin,
+)
 from common.checkpoints import load_pretrained
 from common.image_io import load_image
 from datagen import GENERATORS
@@ -76,10 +82,6 @@ def _read_cpu_flags() -> list[str]:
         return []
 
 
-def _auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    return round(float(roc_auc_score(labels, scores)), 4)
-
-
 def evaluate(detector: AnomalyDetector, pairs: list[tuple[Path, Path | None]]) -> dict:
     """Image AUROC (overall and per defect type), pixel AUROC, PRO, false-reject and detection rates."""
     scores, kinds, maps, masks = [], [], [], []
@@ -93,19 +95,9 @@ def evaluate(detector: AnomalyDetector, pairs: list[tuple[Path, Path | None]]) -
         step = 4 if mask.size > _FULL_MAP_PIXELS else 1
         maps.append(result.anomaly_map[::step, ::step])
         masks.append(mask[::step, ::step])
-    scores, kinds = np.array(scores), np.array(kinds)
-    good = kinds == "good"
-    per_type = {}
-    for kind in sorted(set(kinds) - {"good"}):
-        chosen = good | (kinds == kind)
-        per_type[kind] = _auroc(kinds[chosen] == kind, scores[chosen])
+    scores, good = np.array(scores), np.array(kinds) == "good"
     return {
-        "n_good": int(good.sum()),
-        "n_defective": int((~good).sum()),
-        "image_auroc": _auroc(~good, scores),
-        "image_auroc_per_type": per_type,
-        "pixel_auroc": _auroc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps])),
-        "pro": round(pro_score(maps, masks), 4),
+        **separation_metrics(scores, kinds, maps, masks),
         "false_reject_rate_good": round(float((scores[good] > 1.0).mean()), 4),
         "detection_rate_defective": round(float((scores[~good] > 1.0).mean()), 4),
     }

@@ -267,3 +267,35 @@ def mvtec_test_pairs(data: Path) -> list[tuple[Path, Path | None]]:
     for folder in sorted(p for p in (data / "test").iterdir() if p.is_dir() and p.name != "good"):
         pairs += [(p, data / "ground_truth" / folder.name / f"{p.stem}_mask.png") for p in sorted(folder.glob("*.png"))]
     return pairs
+
+
+def separation_metrics(scores, kinds, maps, masks) -> dict:
+    """How an anomaly detector separated an MVTec test split (see :func:`mvtec_test_pairs`).
+
+    Args:
+        scores: One image score per test image.
+        kinds: Its folder under ``test/`` ("good" or the defect type).
+        maps, masks: Its anomaly map and boolean mask, at one size each.
+
+    Returns:
+        Counts, image AUROC overall and per defect type (each against the good images), pixel
+        AUROC and PRO, rounded to 4 places.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from common.anomaly_metrics import pixel_auroc, pro_score
+
+    scores, kinds = np.asarray(scores, float), np.asarray(kinds)
+    good = kinds == "good"
+    per_type = {}
+    for kind in sorted(set(kinds) - {"good"}):
+        chosen = good | (kinds == kind)
+        per_type[kind] = round(float(roc_auc_score(kinds[chosen] == kind, scores[chosen])), 4)
+    return {
+        "n_good": int(good.sum()),
+        "n_defective": int((~good).sum()),
+        "image_auroc": round(float(roc_auc_score(~good, scores)), 4),
+        "image_auroc_per_type": per_type,
+        "pixel_auroc": round(pixel_auroc(maps, masks), 4),
+        "pro": round(pro_score(maps, masks), 4),
+    }
