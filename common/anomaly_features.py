@@ -34,6 +34,13 @@ from torch import nn
 DEFAULT_STRIDES = (8, 16)
 # The side of the square input used to find each module's stride; any size a CNN accepts.
 _PROBE_SIZE = 128
+# Reflect padding of the network input, in input pixels (one stride-16 cell), for new detectors.
+# A CNN zero-pads at the image's border, so a border patch's features say "border" as well as
+# what is there: a dark strip edge in a corner of a generated steel strip scored above faint
+# scratches. With the border reflected and the padded cells cropped off again, image AUROC on
+# generated steel went from 0.974 to 0.990 (bench-anomaly data, 320 x 160, seed 0; seed 1:
+# 0.956 to 0.991), for 1.3x the backbone's pixels.
+DEFAULT_PAD = 16
 
 
 class _EnoughLayers(Exception):
@@ -116,13 +123,19 @@ class PatchFeatureExtractor(nn.Module):
         backbone: The whole loaded model (a transformers image classifier); it is put in eval mode.
         layers: Module names (``backbone.named_modules()``) whose outputs are embedded, shallow first.
         pool_size: Side of the "locally aware" average pooling window (PatchCore's neighbourhood).
+        pad: Input pixels reflected on each side before the backbone and cropped off the
+            embedding after it (see :data:`DEFAULT_PAD`); 0 for detectors written before it.
 
     Raises:
         LayerError: a name the backbone has no module for.
+        ValueError: a negative ``pad``.
     """
 
-    def __init__(self, backbone: nn.Module, layers: Sequence[str], pool_size: int = 3) -> None:
+    def __init__(self, backbone: nn.Module, layers: Sequence[str], pool_size: int = 3, pad: int = 0) -> None:
         super().__init__()
+        if pad < 0:
+            raise ValueError(f"pad={pad} must be 0 or more input pixels")
+        self.pad = int(pad)
         modules = dict(backbone.named_modules())
         unknown = [name for name in layers if name not in modules]
         if unknown or not layers:
@@ -150,6 +163,8 @@ class PatchFeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if self.pad:
+            pixel_values = F.pad(pixel_values, (self.pad,) * 4, mode="reflect")
         with self._lock:
             self._captured.clear()
             try:
@@ -164,7 +179,14 @@ class PatchFeatureExtractor(nn.Module):
         maps = [self.pool(captured[name].float()) for name in self.layers]
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
-        return torch.cat(maps, dim=1)
+        embedding = torch.cat(maps, dim=1)
+        if self.pad:
+            # The padded border in cells of the first layer's grid. int(): the ONNX tracer sees sizes
+            # as tensors; the graph is exported at one input size, so they are constants there.
+            rows, columns, width = int(size[0]), int(size[1]), int(pixel_values.shape[-1])
+            cells = round(self.pad * columns / width)
+            embedding = embedding[:, :, cells : rows - cells, cells : columns - cells]
+        return embedding
 
     def remove_hooks(self) -> None:
         """Detach the hooks from the backbone (it can then be used on its own again)."""

@@ -37,7 +37,10 @@ from common.default_model import DEFAULT_MODEL
 
 # 2: held_out_scores per product, float16 banks, and no backbone files for the default backbone.
 # Version 1 files are still read (their products have no held-out scores).
-FORMAT_VERSION = 2
+# 3: ``pad``, the reflect padding of the network input (0 when absent: versions 1 and 2), and
+# each product's ``folds``: its threshold comes from out-of-fold scores of all its good images
+# (0 when absent: one bank, one held-out share).
+FORMAT_VERSION = 3
 # What a memory bank may be stored as; training chooses with --memory_bank_dtype.
 BANK_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 # Product names become tensor names and folder names: keep them to safe characters.
@@ -55,13 +58,17 @@ class ProductRule:
     Attributes:
         threshold: Raw image score (a distance) at which the normalised score is 1.0.
         false_reject_rate: The target rate the threshold was fitted for.
-        held_out_false_reject_rate: The rate measured on the held-out good images.
-        n_train_images: Good images whose patches built the memory bank.
-        n_holdout_images: Good images held out to fit the threshold.
+        held_out_false_reject_rate: The rate measured on the good images' out-of-fold scores.
+        n_train_images: Good images whose patches built the memory bank (all of them since version 3).
+        n_holdout_images: Good images scored to fit the threshold, each by a bank built without it
+            (all of them since version 3; a held-out share before).
         bank_size: Rows of the memory bank after coreset subsampling.
         image_size: The (h, w) of the training images (all had one size).
-        held_out_scores: The held-out good images' raw scores (empty in version 1 files), from
-            which :func:`common.anomaly_threshold.false_reject_rate` gives any threshold's rate.
+        held_out_scores: Those images' raw scores (empty in version 1 files), from which
+            :func:`common.anomaly_threshold.false_reject_rate` gives any threshold's rate.
+        folds: How many groups the good images were split into; each group's scores come from a
+            bank of the others' coresets, and the stored bank is all the groups' coresets (0:
+            a version 1 or 2 file, one bank and one held-out share).
     """
 
     threshold: float
@@ -72,6 +79,7 @@ class ProductRule:
     bank_size: int
     image_size: list[int]
     held_out_scores: list[float] = field(default_factory=list)
+    folds: int = 0
 
 
 @dataclass
@@ -86,6 +94,7 @@ class AnomalyConfig:
     coreset_ratio: float
     sigma: float
     products: dict[str, ProductRule] = field(default_factory=dict)
+    pad: int = 0
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> str:

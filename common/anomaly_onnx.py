@@ -133,7 +133,7 @@ def load_eager_extractor(directory: str | os.PathLike, config: AnomalyConfig) ->
         common.anomaly_features.LayerError: a layer the backbone does not have.
     """
     model = load_pretrained(AutoModelForImageClassification, backbone_source(directory, config))
-    return PatchFeatureExtractor(model, config.layers)
+    return PatchFeatureExtractor(model, config.layers, pad=config.pad)
 
 
 def served_extractor(

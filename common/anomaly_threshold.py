@@ -1,9 +1,10 @@
 """The anomaly threshold: fitted on good images only, applied as "normalised score > 1".
 
-No defect labels are needed: part of the good images is held out of the memory bank, scored,
-and the threshold is the score that only ``false_reject_rate`` of them exceed. Scores are then
-reported divided by the threshold, so 1.0 is the line for every product and every backbone.
-Training fits with :func:`fit_threshold`; inference and training's own evaluation apply it with
+No defect labels are needed: every good image is scored by a memory bank built without it
+(training's folds), and the threshold is the score rank that a new good image exceeds with
+probability at most ``false_reject_rate`` (split-conformal). Scores are then reported divided by
+the threshold, so 1.0 is the line for every product and every backbone. Training fits with
+:func:`fit_threshold`; inference and training's own evaluation apply it with
 :func:`normalise_scores` and :func:`is_anomalous` - the one rule, written once.
 """
 
@@ -27,12 +28,30 @@ def check_false_reject_rate(rate: float) -> None:
         raise ValueError(f"--false_reject_rate {rate} must be between 0 and 1 (exclusive); 0.01 rejects 1% of good")
 
 
-def fit_threshold(good_scores: Sequence[float] | np.ndarray, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE):
-    """The image threshold that rejects at most ``false_reject_rate`` of ``good_scores``.
+def threshold_rank(count: int, false_reject_rate: float) -> int:
+    """The 1-based rank, among ``count`` sorted good scores, that the threshold is: ``ceil((n + 1)(1 - rate))``.
 
-    The smallest held-out score with at most ``floor(rate * n)`` scores above it. With fewer than
-    ``1 / rate`` images that is the largest score: the target cannot be measured, and the
-    threshold rejects none of them (training reports this).
+    Split-conformal prediction: if a new good image's score is exchangeable with the ``n`` scored
+    ones, it exceeds that rank's score with probability at most ``rate``. The plain quantile
+    (``floor(rate * n)`` scores above) promises less: with 100 images and a 1% target it lets one
+    above and rejects about 2% of new good images. A rank above ``n`` means the target cannot be
+    promised with so few images; the caller uses the largest score and says so.
+    """
+    # round(): (n + 1) * (1 - rate) is 99.00000000000001 for n = 99, rate = 0.01.
+    return math.ceil(round((count + 1) * (1.0 - false_reject_rate), 9))
+
+
+def target_reachable(count: int, false_reject_rate: float) -> bool:
+    """Whether ``count`` good scores are enough for a threshold that keeps ``false_reject_rate``."""
+    return threshold_rank(count, false_reject_rate) <= count
+
+
+def fit_threshold(good_scores: Sequence[float] | np.ndarray, false_reject_rate: float = DEFAULT_FALSE_REJECT_RATE):
+    """The image threshold for which a new good image is rejected with probability at most ``false_reject_rate``.
+
+    The :func:`threshold_rank`-th smallest of ``good_scores`` (out-of-fold scores of good images).
+    With fewer than ``1 / rate - 1`` images that rank does not exist and the largest score is
+    used: it rejects none of them, but the target is not promised (training reports this).
 
     Returns:
         The threshold (a float > 0).
@@ -43,11 +62,11 @@ def fit_threshold(good_scores: Sequence[float] | np.ndarray, false_reject_rate: 
     check_false_reject_rate(false_reject_rate)
     scores = np.sort(np.asarray(good_scores, dtype=np.float64).ravel())
     if scores.size == 0:
-        raise ValueError("fitting a threshold needs the scores of at least one held-out good image")
+        raise ValueError("fitting a threshold needs the scores of at least one good image")
     if not np.isfinite(scores).all():
-        raise ValueError("the held-out good scores contain NaN or infinity; the features are broken")
-    allowed_above = math.floor(false_reject_rate * scores.size)
-    threshold = float(scores[scores.size - 1 - allowed_above])
+        raise ValueError("the good images' scores contain NaN or infinity; the features are broken")
+    rank = min(threshold_rank(scores.size, false_reject_rate), scores.size)
+    threshold = float(scores[rank - 1])
     # A threshold of 0 (identical images) would make every normalised score infinite or NaN.
     return max(threshold, np.finfo(np.float32).tiny)
 

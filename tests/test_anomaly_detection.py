@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import scipy.stats
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -19,7 +20,14 @@ from common.anomaly_features import PatchFeatureExtractor, default_layers
 from common.anomaly_files import load_anomaly_config, load_memory_banks
 from common.anomaly_metrics import image_metrics, pixel_auroc, pro_score
 from common.anomaly_scores import nearest_distances
-from common.anomaly_threshold import false_reject_rate, fit_threshold, is_anomalous, normalise_scores
+from common.anomaly_threshold import (
+    false_reject_rate,
+    fit_threshold,
+    is_anomalous,
+    normalise_scores,
+    target_reachable,
+    threshold_rank,
+)
 from common.checkpoint_files import ANOMALY_FILE, MEMORY_BANK_FILE, MODEL_CARD_FILE, SCORE_HISTOGRAM_PLOT
 from common.checkpoints import ModelLoadError
 from datagen.steel import draw_steel
@@ -46,7 +54,7 @@ def write_strips(folder: Path, count: int, seed: int, size=STRIP) -> list[Path]:
 def train_args(train_dir, output_dir, backbone, *extra: str) -> list[str]:
     return [
         "--train_dir", str(train_dir), "--output_dir", str(output_dir), "--backbone", str(backbone),
-        "--image_size", f"{STRIP[0]}x{STRIP[1]}", "--no_progress", "--holdout_fraction", "0.3", *extra,
+        "--image_size", f"{STRIP[0]}x{STRIP[1]}", "--no_progress", *extra,
     ]  # fmt: skip
 
 
@@ -68,9 +76,23 @@ def test_threshold_fitted_on_good_scores_hits_its_false_reject_target():
 
 
 def test_threshold_with_too_few_images_for_the_target_rejects_none_of_them():
-    scores = [3.0, 1.0, 2.0, 5.0, 4.0]
-    assert fit_threshold(scores, 0.01) == 5.0  # 5 images cannot measure 1%
-    assert fit_threshold(scores, 0.2) == 4.0  # one of five may be rejected
+    scores = [3.0, 1.0, 2.0, 5.0, 4.0, 9.0, 7.0, 8.0, 6.0]
+    assert fit_threshold(scores, 0.01) == 9.0 and not target_reachable(9, 0.01)  # 9 images cannot promise 1%
+    # ceil((9 + 1) * 0.8) = 8: one of nine above; the plain 80th percentile would let one more through.
+    assert fit_threshold(scores, 0.2) == 8.0 and target_reachable(9, 0.2)
+    assert fit_threshold(scores[:4], 0.2) == 5.0  # ceil(5 * 0.8) = 4: the largest of four
+    assert threshold_rank(99, 0.01) == 99  # not 100: (99 + 1) * 0.99 is 99.00000000000001 in floats
+
+
+def test_threshold_from_200_good_images_keeps_a_1_percent_target_for_new_ones():
+    # 2000 lines, each fitted on 200 scores of N(0, 1); a new good image's rejection chance is the
+    # normal tail above each line. Conformal rank 199 of 200 promises at most 1% on average
+    # (2 / 201 = 0.995%); the plain quantile (2 of 200 above) would give 1.5%.
+    rng = np.random.default_rng(0)
+    thresholds = np.array([fit_threshold(rng.standard_normal(200), 0.01) for _ in range(2000)])
+    rates = scipy.stats.norm.sf(thresholds)
+    assert 0.009 < rates.mean() <= 0.0105
+    assert abs(rates.mean() - 2 / 201) < 0.0005
 
 
 @pytest.mark.parametrize(
@@ -171,6 +193,12 @@ def test_the_command_line_refuses_bad_data_without_a_traceback(tmp_path, tiny_ti
     with pytest.raises(SystemExit) as exited:
         anomaly_train.main(train_args(tmp_path, tmp_path / "out", tiny_timm_dir, "--false_reject_rate", "1.5"))
     assert "--false_reject_rate 1.5" in str(exited.value.code)
+    with pytest.raises(SystemExit) as exited:
+        anomaly_train.main(train_args(tmp_path, tmp_path / "out", tiny_timm_dir, "--folds", "1"))
+    assert "--folds 1 must be at least 2" in str(exited.value.code)
+    with pytest.raises(SystemExit) as exited:
+        anomaly_train.main(train_args(tmp_path, tmp_path / "out", tiny_timm_dir, "--holdout_fraction", "0.2"))
+    assert "--holdout_fraction 0.2 is no longer used" in str(exited.value.code) and "--folds" in str(exited.value.code)
 
 
 # --- train -> reload -> detect ---------------------------------------------------------------
@@ -192,7 +220,7 @@ def test_training_writes_a_checkpoint_that_reloads_with_the_same_scores(tiny_det
         assert (out / name).is_file(), name
     config = load_anomaly_config(out)
     rule = config.products["strips"]
-    assert (rule.n_train_images, rule.n_holdout_images) == (7, 3)
+    assert (rule.n_train_images, rule.n_holdout_images, rule.folds) == (10, 10, 5)
     assert rule.image_size == list(STRIP)
     assert load_memory_banks(out, config)["strips"].shape[0] == rule.bank_size
     assert "python -m train.anomaly_detection --train_dir" in (out / MODEL_CARD_FILE).read_text()
@@ -200,11 +228,12 @@ def test_training_writes_a_checkpoint_that_reloads_with_the_same_scores(tiny_det
     detector = AnomalyDetector.from_pretrained(out)
     files = sorted((root / "strips").glob("*.png"))
     results = detector.detect_batch(files)
-    # The held-out good images score below 1 (the threshold is their maximum at a 1% target
-    # with 3 images), and exactly one of them sits at it: the reload scores as training did.
-    banked = [r.score for r in results if r.score < 1.0 - 1e-4]
-    assert len(banked) == len(files) - 1
-    assert max(r.score for r in results) == pytest.approx(1.0, abs=1e-4)
+    # Each image was scored for the threshold by the other folds' coresets; the stored bank holds
+    # those and its own fold's, so every patch's nearest neighbour is as near or nearer on reload.
+    out_of_fold = np.asarray(rule.held_out_scores) / rule.threshold
+    assert out_of_fold.max() == pytest.approx(1.0)  # 10 images cannot promise 1%: the largest is the line
+    reloaded = np.array([r.score for r in results])
+    assert (reloaded <= out_of_fold + 1e-5).all() and (reloaded < out_of_fold - 1e-3).any()
     result = results[0]
     assert result.anomaly_map.shape == STRIP and result.region.shape == STRIP
     assert result.anomaly_map.dtype == np.float32
@@ -296,3 +325,7 @@ def test_validation_defects_add_metrics_and_figures_but_never_move_the_threshold
     assert "pixel_auroc" in (validated / MODEL_CARD_FILE).read_text()
     rows = list(csv.DictReader((validated / VALIDATION_SCORES_FILE).open()))
     assert sorted({row["kind"] for row in rows}) == ["crazing", "good", "patches", "pitting", "scratches"]
+    # The reloaded detector scores the validation images as training did.
+    detector = AnomalyDetector.from_pretrained(validated)
+    for row in rows:
+        assert detector.detect(row["path"]).score == pytest.approx(float(row["score"]), abs=1e-4), row["path"]

@@ -7,7 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
+from transformers import AutoModelForImageClassification
 
+from common.anomaly_features import DEFAULT_PAD, PatchFeatureExtractor, default_layers
 from common.anomaly_files import (
     FORMAT_VERSION,
     AnomalyModelError,
@@ -17,7 +19,7 @@ from common.anomaly_files import (
 )
 from common.anomaly_threshold import false_reject_rate
 from common.checkpoint_files import ANOMALY_FILE, CONFIG_FILE, MEMORY_BANK_FILE, MODEL_CARD_FILE, WEIGHTS_FILE
-from common.checkpoints import ModelLoadError
+from common.checkpoints import ModelLoadError, load_pretrained
 from common.default_model import DEFAULT_MODEL
 from pipelines.anomaly_detection import AnomalyDetector
 from pipelines.fingerprints import model_fingerprint, sha256_of_files
@@ -49,17 +51,55 @@ def test_training_stores_the_held_out_scores_that_fitted_the_threshold(strips, t
     out = tmp_path / "detector"
     assert anomaly_train.main(train_args(strips, out, tiny_timm_dir)) == 0
     rule = load_anomaly_config(out).products[strips.name]
-    assert len(rule.held_out_scores) == rule.n_holdout_images == 3
-    # The threshold is the largest of 3 held-out scores at a 1% target: no held-out image is rejected,
-    # and moving the line just under the best-but-one rejects two of three.
+    # Every one of the 10 images is scored out of fold (5 folds of 2).
+    assert len(rule.held_out_scores) == rule.n_holdout_images == 10 and rule.folds == 5
+    # The threshold is the largest of 10 scores at a 1% target: no good image is rejected, and
+    # moving the line just under the second largest rejects two of ten.
     assert max(rule.held_out_scores) == pytest.approx(rule.threshold)
     assert false_reject_rate(rule.held_out_scores, rule.threshold) == rule.held_out_false_reject_rate == 0.0
-    second = sorted(rule.held_out_scores)[1]
-    assert false_reject_rate(rule.held_out_scores, second * 0.999) == pytest.approx(2 / 3)
+    second = sorted(rule.held_out_scores)[-2]
+    assert false_reject_rate(rule.held_out_scores, second * 0.999) == pytest.approx(2 / 10)
     detector = AnomalyDetector.from_pretrained(out)
     assert detector.held_out_scores() == rule.held_out_scores
-    assert json.loads((out / ANOMALY_FILE).read_text())["format_version"] == FORMAT_VERSION == 2
+    assert json.loads((out / ANOMALY_FILE).read_text())["format_version"] == FORMAT_VERSION == 3
     assert (out / WEIGHTS_FILE).is_file()  # a non-default backbone is saved as before
+
+
+def test_the_reflect_padding_is_stored_and_a_version_2_file_without_it_scores_unpadded(strips, tmp_path, tiny_timm_dir):
+    out = tmp_path / "detector"
+    assert anomaly_train.main(train_args(strips, out, tiny_timm_dir)) == 0
+    config = load_anomaly_config(out)
+    assert config.pad == DEFAULT_PAD
+    padded = AnomalyDetector.from_pretrained(out)
+    assert padded.describe()["pad"] == DEFAULT_PAD
+    data = json.loads((out / ANOMALY_FILE).read_text())
+    data["format_version"] = 2
+    del data["pad"]
+    (out / ANOMALY_FILE).write_text(json.dumps(data))
+    unpadded = AnomalyDetector.from_pretrained(out)
+    assert unpadded.config.pad == 0
+    image = strips / "000.png"
+    first, second = padded.detect(image), unpadded.detect(image)
+    # Same map size either way (the padded cells are cropped off), but other features at the border.
+    assert first.anomaly_map.shape == second.anomaly_map.shape
+    assert first.score != pytest.approx(second.score, rel=1e-6)
+
+
+def test_a_padded_extractor_gives_the_unpadded_grid_and_sees_the_border_reflected(tiny_timm_dir):
+    def backbone():  # one each: an extractor's hooks stop the forward pass of the model they are on
+        return load_pretrained(AutoModelForImageClassification, str(tiny_timm_dir)).eval()
+
+    model = backbone()
+    layers = default_layers(model)
+    plain, padded = PatchFeatureExtractor(model, layers), PatchFeatureExtractor(backbone(), layers, pad=16)
+    pixels = torch.randn(2, 3, 48, 96, generator=torch.Generator().manual_seed(0))
+    a, b = plain(pixels), padded(pixels)
+    assert a.shape == b.shape
+    # The border patches see the image reflected instead of zeros (relative: the tiny untrained
+    # backbone's features are about 1e-6).
+    assert (a[..., 0] - b[..., 0]).abs().max() > 0.05 * a.abs().max()
+    with pytest.raises(ValueError, match="pad=-1"):
+        PatchFeatureExtractor(model, layers, pad=-1)
 
 
 def test_a_version_1_file_without_held_out_scores_still_loads(strips, tmp_path, tiny_timm_dir):

@@ -139,7 +139,9 @@ class AnomalyDetector:
         # The default backbone comes from the installed package (built once into the cache), not the folder.
         model = load_pretrained(AutoModelForImageClassification, backbone)
         try:
-            extractor = served_extractor(path, config, PatchFeatureExtractor(model, config.layers), runtime)
+            extractor = served_extractor(
+                path, config, PatchFeatureExtractor(model, config.layers, pad=config.pad), runtime
+            )
         except (LayerError, AnomalyModelError, OnnxExportError) as error:
             raise ModelLoadError(f"Anomaly detector '{directory}': {error}") from error
         return cls(extractor, config, banks, str(directory), backbone_dir=model.config._name_or_path)
@@ -239,5 +241,6 @@ class AnomalyDetector:
             "backbone": self.config.backbone,
             "layers": list(self.config.layers),
             "input_size": list(self.config.input_size),
+            "pad": self.config.pad,
             "products": {name: rule.threshold for name, rule in self.config.products.items()},
         }

@@ -26,7 +26,7 @@ from common.image_io import ImageLoadError, load_image
 from train.data import DataError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-# One to build the bank and some to fit the threshold: fewer would give a threshold from noise.
+# Two folds of at least two images, plus one: fewer would give a threshold from noise.
 MIN_GOOD_IMAGES = 5
 # MVTec AD's folder names.
 TRAIN_DIR, VALIDATION_DIR, TEST_DIR, GOOD_DIR = "train", "validation", "test", "good"
@@ -100,7 +100,7 @@ def find_products(train_dir: str | Path) -> dict[str, list[Path]]:
             where = root if len(products) == 1 else root / name
             raise DataError(
                 f"{flag}: product {name!r} ({where}) has {len(files)} good image(s); at least {MIN_GOOD_IMAGES} are "
-                "needed (some build the memory bank, the rest fit the threshold). Add good images"
+                "needed (each is scored by a memory bank built from the others, to fit the threshold). Add good images"
                 + (
                     ", or check that the folder is the product's (train/good/ or the images themselves)"
                     if not files
@@ -135,17 +135,27 @@ def load_checked_images(files: list[Path], product: str) -> list[Image.Image]:
     return images
 
 
-def split_holdout(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the images that build the bank and of those held out for the threshold (>= 1 each).
+def check_folds(folds: int) -> None:
+    """Refuse fewer than 2 folds: each image must be scored by a bank built without it.
 
     Raises:
-        DataError: a fraction outside (0, 1).
+        DataError: naming the flag and the default.
     """
-    if not 0.0 < fraction < 1.0:
-        raise DataError(f"--holdout_fraction {fraction} must be between 0 and 1 (exclusive), for example 0.2")
+    if folds < 2:
+        raise DataError(
+            f"--folds {folds} must be at least 2 (each fold is scored by the others' banks); 5 is the default"
+        )
+
+
+def split_folds(count: int, folds: int, seed: int) -> list[np.ndarray]:
+    """A seeded split of ``count`` image indices into ``min(folds, count)`` groups of near-equal size.
+
+    Raises:
+        DataError: fewer than 2 folds (see :func:`check_folds`).
+    """
+    check_folds(folds)
     order = np.random.default_rng(seed).permutation(count)
-    held = min(max(1, round(count * fraction)), count - 1)
-    return np.sort(order[held:]), np.sort(order[:held])
+    return [np.sort(group) for group in np.array_split(order, min(folds, count))]
 
 
 def _mask_for(image: Path, test_dir: Path) -> Path | None:

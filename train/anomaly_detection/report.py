@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from common.anomaly_threshold import target_reachable
 from common.checkpoint_files import ANOMALY_FILE, MEMORY_BANK_FILE, MODEL_CARD_FILE
 
 
@@ -32,7 +33,7 @@ def plot_score_histogram(
     """One panel per product: histograms of good and defective normalised scores, the threshold at 1.0.
 
     Args:
-        scores: product -> {"held-out good": scores, "defective": scores, ...}, normalised.
+        scores: product -> {"good (out of fold)": scores, "defective": scores, ...}, normalised.
         path: The PNG to write.
     """
     fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
@@ -114,8 +115,8 @@ def write_model_card(
         "",
         "Trained on good images only: each patch of an image is compared with a memory bank of patches of good "
         "images (mid-level features of a pretrained CNN), and an image scores as badly as its worst patch. Scores "
-        "are divided by a threshold fitted on held-out good images, so **1.0 is the threshold**: above it the image "
-        "is anomalous.",
+        "are divided by a threshold fitted on good images, each scored by a bank built without it (folds), so **1.0 is "
+        "the threshold**: above it the image is anomalous.",
         "",
         "Load it with `pipelines.anomaly_detection.AnomalyDetector.from_pretrained(DIR)`, or score a folder with "
         "`python -m pipelines.anomaly_detection PATH... --model DIR --csv FILE`.",
@@ -134,22 +135,26 @@ def write_model_card(
         "",
         "## Products",
         "",
-        "| product | good images (bank / held out) | image size (h x w) | bank patches | threshold (raw) | "
-        "target false-reject rate | held-out false-reject rate |",
-        "|---|---|---|---|---|---|---|",
+        "| product | good images (bank / scored out of fold) | folds | image size (h x w) | bank patches | "
+        "threshold (raw) | target false-reject rate | out-of-fold false-reject rate |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rule in products.items():
         lines.append(
-            f"| {name} | {rule['n_train_images']} / {rule['n_holdout_images']} | "
+            f"| {name} | {rule['n_train_images']} / {rule['n_holdout_images']} | {rule['folds']} | "
             f"{rule['image_size'][0]} x {rule['image_size'][1]} | {rule['bank_size']} | {rule['threshold']:.4f} | "
             f"{rule['false_reject_rate']:.2%} | {rule['held_out_false_reject_rate']:.2%} |"
         )
-    small = [name for name, rule in products.items() if rule["n_holdout_images"] * rule["false_reject_rate"] < 1]
+    small = [
+        name
+        for name, rule in products.items()
+        if not target_reachable(rule["n_holdout_images"], rule["false_reject_rate"])
+    ]
     if small:
         lines += [
             "",
-            f"With fewer held-out images than 1 / target rate ({', '.join(small)}), the target cannot be measured: "
-            "the threshold is the highest held-out score. Add good images for a threshold that means what it says.",
+            f"With fewer good images than 1 / target rate - 1 ({', '.join(small)}), the target cannot be promised: "
+            "the threshold is the highest out-of-fold score. Add good images for a threshold that means what it says.",
         ]
     if metrics:
         names = list(next(iter(metrics.values())))
@@ -171,7 +176,7 @@ def write_model_card(
         "## Files",
         "",
         f"- `{MEMORY_BANK_FILE}`: one memory bank per product (safetensors); `{ANOMALY_FILE}`: layers, input "
-        "size, normalisation, each product's threshold and its held-out good images' scores; "
+        "size, normalisation, each product's threshold and its good images' out-of-fold scores; "
         + (
             "the backbone beside them (save_pretrained)."
             if backbone_saved
