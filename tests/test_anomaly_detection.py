@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import scipy.stats
 import pytest
+import scipy.stats
 import torch
 from PIL import Image, ImageDraw
 

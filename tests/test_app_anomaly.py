@@ -6,6 +6,7 @@ each is drawn again here with its exact defect mask, so the map can be checked a
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
@@ -29,9 +30,16 @@ DEMO = PROJECT_MODELS_DIR / DEMO_DETECTOR
 EXAMPLES = sorted(ANOMALY_EXAMPLES.glob("*.png"))
 DEFECTIVE = [path for path in EXAMPLES if not path.stem.startswith("good")]
 GOOD = [path for path in EXAMPLES if path.stem.startswith("good")]
-# How far (pixels) the map's peak may lie outside the true defect: the map is smoothed with sigma 4
-# and built on a stride-8 grid, so a peak a patch away from a thin scratch still points at it.
-PEAK_TOLERANCE = 8
+# How far the map's peak may lie outside the true defect: one cell of the stride-8 grid, in the
+# image's pixels (at least 8), so a peak a patch away from a thin scratch still points at it. The
+# demo's 320 x 160 input stretches a 128 x 800 strip's rows and squeezes its columns: a cell is 3.2
+# rows by 40 columns of the strip.
+STRIDE, PEAK_TOLERANCE = 8, 8
+
+
+def peak_tolerance(input_size, image_shape) -> tuple[int, int]:
+    """(rows, columns) of the image that one grid cell spans, at least ``PEAK_TOLERANCE`` each."""
+    return tuple(max(PEAK_TOLERANCE, math.ceil(STRIDE * side / fed)) for side, fed in zip(image_shape, input_size))
 
 
 def upload(path, name: str | None = None) -> dict:
@@ -74,7 +82,7 @@ def test_the_examples_and_the_demo_detector_are_there():
 
 
 @pytest.mark.parametrize("example", DEFECTIVE, ids=lambda path: path.stem)
-def test_a_defective_example_scores_above_the_line_and_its_map_peaks_on_the_defect(demo, truth, example):
+def test_a_defective_example_scores_above_the_line_and_its_map_peaks_on_the_defect(demo, detectors, truth, example):
     kind, index = example.stem.rsplit("_", 1)
     drawn = truth / "test" / kind / f"{index}.png"
     assert np.array_equal(np.asarray(Image.open(example)), np.asarray(Image.open(drawn)))  # the mask is its own
@@ -86,7 +94,8 @@ def test_a_defective_example_scores_above_the_line_and_its_map_peaks_on_the_defe
     assert "Anomalous area:" in verdict and answer["area_fraction"] > 0
     heat = last["result"].anomaly_map
     peak = np.unravel_index(np.argmax(heat), heat.shape)
-    near_defect = ndimage.binary_dilation(mask, iterations=PEAK_TOLERANCE)
+    rows, columns = peak_tolerance(detectors.get(str(DEMO)).config.input_size, heat.shape)
+    near_defect = ndimage.binary_dilation(mask, structure=np.ones((2 * rows + 1, 2 * columns + 1), bool))
     assert near_defect[peak], f"{example.name}: the map peaks at {peak}, away from the {kind}"
     assert overlay.size == Image.open(example).size
 
@@ -101,8 +110,13 @@ def test_a_good_example_scores_below_the_line(demo, example):
 def test_the_slider_rejudges_the_kept_result_without_running_the_network(demo, detectors, monkeypatch):
     detect, judge = handler(demo, "detect_anomaly"), handler(demo, "judge_anomaly")
     _, verdict, answer, last = detect(upload(DEFECTIVE[0]), str(DEMO), 1.0, None)
-    fitted = "False-reject rate at 1.00 × threshold: 0.0% of the held-out good images (0 of 60)"
-    assert answer["anomalous"] and fitted in verdict
+    held_out = detectors.get(str(DEMO)).held_out_scores()
+    above = sum(score > last["result"].threshold for score in held_out)
+    assert above / len(held_out) <= 0.01  # the fitted line keeps the demo's 1% target on its own scores
+    fitted = (
+        f"False-reject rate at 1.00 × threshold: {above / len(held_out):.1%} of the held-out good images ({above} of"
+    )
+    assert answer["anomalous"] and f"{fitted} {len(held_out)})" in verdict
 
     def no_network(*args, **kwargs):
         raise AssertionError("the slider must not run the network")
@@ -112,10 +126,10 @@ def test_the_slider_rejudges_the_kept_result_without_running_the_network(demo, d
     overlay, verdict, moved = judge(last, line, str(DEMO), None)
     assert moved["anomalous"] is False and moved["threshold"] == line and moved["area_fraction"] == 0.0
     assert f"line moved to {line:.2f} × threshold): good.**" in verdict
-    assert f"False-reject rate at {line:.2f} × threshold: 0.0%" in verdict
+    still = sum(score > line * last["result"].threshold for score in held_out)
+    assert still <= above and f"False-reject rate at {line:.2f} × threshold: {still / len(held_out):.1%}" in verdict
     # A line far below the fitted one rejects good images too, and the sentence counts them.
     _, verdict, loose = judge(last, 0.5, str(DEMO), None)
-    held_out = detectors.get(str(DEMO)).held_out_scores()
     rejected = sum(score > 0.5 * last["result"].threshold for score in held_out)
     assert (
         loose["anomalous"]
@@ -154,15 +168,17 @@ def test_a_detection_is_logged_at_the_sliders_line(registry, detectors, tmp_path
     log = InspectionLog.open(f"sqlite:///{tmp_path / 'log.db'}")
     try:
         demo = build_demo(registry, inspection_log=log, anomaly_detectors=detectors)
-        _, verdict, answer, last = handler(demo, "detect_anomaly")(upload(DEFECTIVE[0], "strip 7.png"), None, 1.5, None)
+        _, verdict, answer, last = handler(demo, "detect_anomaly")(
+            upload(DEFECTIVE[0], "strip 7.png"), None, 1.25, None
+        )
         row = log.list()[0]
         assert verdict.endswith(f"Logged as inspection #{row.id}.") and answer["inspection_id"] == row.id
         assert row.task == "anomaly" and row.channel == "anomaly" and row.file_name == "strip 7.png"
-        assert answer["score"] > 1.5 and row.answer == "anomalous" and row.flags == ("defective",)
-        assert row.thresholds["threshold"] == 1.5 and row.scores["score"] == pytest.approx(answer["score"], abs=1e-4)
+        assert answer["score"] > 1.25 and row.answer == "anomalous" and row.flags == ("defective",)
+        assert row.thresholds["threshold"] == 1.25 and row.scores["score"] == pytest.approx(answer["score"], abs=1e-4)
         assert row.model_source == str(DEMO) and len(row.model_fingerprint) == 64
         _, verdict, _ = handler(demo, "judge_anomaly")(last, 1.0, None, None)
-        assert "The log keeps the verdict at 1.50 × threshold" in verdict and len(log.list()) == 1  # no new row
+        assert "The log keeps the verdict at 1.25 × threshold" in verdict and len(log.list()) == 1  # no new row
     finally:
         log.close()
 

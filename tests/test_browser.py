@@ -483,7 +483,8 @@ def test_anomaly_tab_scores_an_example_and_the_slider_moves_the_line(page):
     page.get_by_role("button", name="Detect anomalies").click()
     verdict = _text_when(page, "#anomaly-verdict", "anomalous", timeout=120_000)
     score = float(re.search(r"Score (\d+\.\d+) × threshold: anomalous", verdict).group(1))
-    assert score > 1.0 and "False-reject rate at 1.00 × threshold: 0.0% of the held-out good images" in verdict
+    fitted = re.search(r"False-reject rate at 1\.00 × threshold: (\d+\.\d)% of the held-out good images", verdict)
+    assert score > 1.0 and fitted and float(fitted.group(1)) <= 1.0  # the demo's 1% target, on its own scores
     page.locator("#anomaly-overlay img").first.wait_for(timeout=30_000)
     _screenshot(page, "anomaly")
 
@@ -493,7 +494,8 @@ def test_anomaly_tab_scores_an_example_and_the_slider_moves_the_line(page):
     threshold.press("Enter")
     moved = _text_when(page, "#anomaly-verdict", "line moved to")
     assert f"line moved to {line:.2f} × threshold): good." in moved
-    assert f"False-reject rate at {line:.2f} × threshold: 0.0%" in moved
+    higher = re.search(rf"False-reject rate at {line:.2f} × threshold: (\d+\.\d)%", moved)
+    assert higher and float(higher.group(1)) <= float(fitted.group(1))  # a higher line rejects no more
     threshold.fill("0.5")
     threshold.press("Enter")
     loose = _text_when(page, "#anomaly-verdict", "False-reject rate at 0.50 × threshold")

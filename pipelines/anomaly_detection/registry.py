@@ -23,7 +23,7 @@ DEMO_DETECTOR = "steel-anomaly"
 # What the app says when there is no detector: how to make one, with the demo's own commands.
 TRAIN_HINT = (
     "python -m train.datasets anomaly-steel --out data/anomaly-steel && python -m train.anomaly_detection "
-    "--train_dir data/anomaly-steel --output_dir models/steel-anomaly"
+    "--train_dir data/anomaly-steel --image_size 320x160 --output_dir models/steel-anomaly"
 )
 
 
