@@ -235,7 +235,9 @@ if __name__ == "__main__":
             resolve_checkpoint(source)  # a mistyped path fails now, not at the first request
         registry = ClassifierRegistry.from_sources(cli.classifier, models_dir=cli.models_dir, runtime=cli.runtime)
         registry.get()  # load (and on first run, convert and export) the default model before serving
-        anomaly_detectors = AnomalyDetectors.from_sources(cli.anomaly_model, models_dir=cli.models_dir)
+        anomaly_detectors = AnomalyDetectors.from_sources(
+            cli.anomaly_model, models_dir=cli.models_dir, runtime=cli.runtime
+        )
         anomaly_detectors.check()  # a mistyped --anomaly-model fails now, not at the first request
     except ModelLoadError as error:
         sys.exit(f"error: {error}")

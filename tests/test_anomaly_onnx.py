@@ -29,6 +29,7 @@ from common.checkpoint_files import ANOMALY_FILE, ANOMALY_ONNX_FILE, EXPORT_REPO
 from common.onnx_network import OnnxExportError
 from datagen.steel import draw_steel
 from pipelines.anomaly_detection import AnomalyDetector
+from pipelines.anomaly_detection.registry import AnomalyDetectors
 from tests.test_anomaly_detection import train_args, write_strips
 from train.anomaly_detection import train as anomaly_train
 from train.export import anomaly as anomaly_export
@@ -189,6 +190,12 @@ def test_the_export_command_line_takes_a_detector_and_the_app_serves_its_graph(e
     served = AnomalyDetector.from_pretrained(out)  # "auto": the graph where there is one
     eager = AnomalyDetector.from_pretrained(out, runtime="torch")
     assert (served.runtime, eager.runtime) == ("onnx", "torch")
+    # The app's detectors follow its --runtime like its other models.
+    for runtime, expected in (("auto", "onnx"), ("torch", "torch")):
+        offered = AnomalyDetectors.from_sources([out], models_dir=None, runtime=runtime)
+        assert offered.get(str(out)).runtime == expected
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        AnomalyDetectors.from_sources([out], models_dir=None, runtime="gpu")
     assert out / ANOMALY_ONNX_FILE in served.weight_files()  # the graph decides its scores, so it is fingerprinted
     clean, damaged = strip_pair()
     for image in (clean, damaged):

@@ -215,9 +215,9 @@ def test_detectors_are_the_demo_then_the_flags_each_loaded_once(tmp_path, monkey
     loads = []
     real = AnomalyDetector.from_pretrained
 
-    def counted(directory):
-        loads.append(directory)
-        return real(directory)
+    def counted(directory, runtime="auto"):
+        loads.append((directory, runtime))
+        return real(directory, runtime=runtime)
 
     monkeypatch.setattr(AnomalyDetector, "from_pretrained", counted)
     fresh = AnomalyDetectors.from_sources()

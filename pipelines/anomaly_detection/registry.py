@@ -16,7 +16,7 @@ from pathlib import Path
 from common.anomaly_files import AnomalyConfig, AnomalyModelError, is_anomaly_dir, load_anomaly_config
 from common.checkpoints import ModelLoadError
 from pipelines.anomaly_detection.predict import AnomalyDetector
-from pipelines.runtime import PROJECT_MODELS_DIR
+from pipelines.runtime import PROJECT_MODELS_DIR, check_runtime
 
 # The demo detector's folder inside the models directory.
 DEMO_DETECTOR = "steel-anomaly"
@@ -41,9 +41,13 @@ class AnomalyDetectors:
     Args:
         choices: The detectors on offer, the first one the default; may be empty (the app then
             says how to train one).
+        runtime: What embeds the patches for every detector (``AnomalyDetector.from_pretrained``):
+            the app's ``--runtime``, as for its other models.
     """
 
-    def __init__(self, choices: Sequence[DetectorChoice] = ()) -> None:
+    def __init__(self, choices: Sequence[DetectorChoice] = (), runtime: str = "auto") -> None:
+        check_runtime(runtime)
+        self.runtime = runtime
         self.choices = list(choices)
         self._by_source = {choice.source: choice for choice in self.choices}
         self._loaded: dict[str, AnomalyDetector] = {}
@@ -52,7 +56,10 @@ class AnomalyDetectors:
 
     @classmethod
     def from_sources(
-        cls, extra: Sequence[str | os.PathLike] = (), models_dir: str | os.PathLike | None = PROJECT_MODELS_DIR
+        cls,
+        extra: Sequence[str | os.PathLike] = (),
+        models_dir: str | os.PathLike | None = PROJECT_MODELS_DIR,
+        runtime: str = "auto",
     ) -> AnomalyDetectors:
         """The demo detector (``models_dir/steel-anomaly``) when it is there, then ``extra`` folders in order."""
         sources = []
@@ -62,7 +69,7 @@ class AnomalyDetectors:
         choices = []
         for source in dict.fromkeys(sources):  # a folder given twice is offered once
             choices.append(DetectorChoice(Path(source).name or source, source))
-        return cls(choices)
+        return cls(choices, runtime=runtime)
 
     @property
     def default(self) -> str | None:
@@ -126,5 +133,5 @@ class AnomalyDetectors:
         source = self._known(source)
         with self._lock:  # one load per detector even when requests arrive together
             if source not in self._loaded:
-                self._loaded[source] = AnomalyDetector.from_pretrained(source)
+                self._loaded[source] = AnomalyDetector.from_pretrained(source, runtime=self.runtime)
             return self._loaded[source]
