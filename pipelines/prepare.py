@@ -19,12 +19,18 @@ import time
 from collections.abc import Sequence
 
 from common.checkpoints import ModelLoadError
+from pipelines.anomaly_detection.registry import AnomalyDetectors
 from pipelines.registry import ClassifierRegistry, LazySegmenter
 from pipelines.runtime import PROJECT_MODELS_DIR, RUNTIME_HELP, RUNTIMES
 
 
-def prepare(registry: ClassifierRegistry, segmenter: LazySegmenter) -> list[tuple[str, str, float]]:
-    """Load every classifier of ``registry`` and the segmenter pair; ``(source, runtime, seconds)`` each.
+def prepare(
+    registry: ClassifierRegistry, segmenter: LazySegmenter, detectors: AnomalyDetectors | None = None
+) -> list[tuple[str, str, float]]:
+    """Load every classifier of ``registry``, the segmenter pair and every anomaly detector.
+
+    Returns:
+        ``(source, runtime, seconds)`` of each model.
 
     Raises:
         ModelLoadError: a model cannot be loaded (the message names it).
@@ -41,6 +47,10 @@ def prepare(registry: ClassifierRegistry, segmenter: LazySegmenter) -> list[tupl
         loaded.append((segmenter.model_dir, pair.runtime, seconds))
         if pair.stage1 is not None:
             loaded.append((segmenter.stage1_dir, pair.stage1.runtime, 0.0))
+    for choice in detectors.choices if detectors is not None else ():
+        start = time.perf_counter()
+        detector = detectors.get(choice.source)
+        loaded.append((choice.source, detector.runtime, time.perf_counter() - start))
     return loaded
 
 
@@ -52,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     registry = ClassifierRegistry.from_sources(models_dir=args.models_dir, runtime=args.runtime)
     segmenter = LazySegmenter.from_models_dir(args.models_dir, runtime=args.runtime)
+    detectors = AnomalyDetectors.from_sources(models_dir=args.models_dir, runtime=args.runtime)
     try:
-        loaded = prepare(registry, segmenter)
+        loaded = prepare(registry, segmenter, detectors)
     except ModelLoadError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

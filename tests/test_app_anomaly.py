@@ -7,6 +7,7 @@ each is drawn again here with its exact defect mask, so the map can be checked a
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from pathlib import Path
 
@@ -262,3 +263,13 @@ def test_inspect_finds_the_anomalous_examples_in_a_zip_and_logs_each(registry, d
         # Every scored strip is a decision in the log, under task "anomaly"; the unreadable file is none.
         logged = log.list(task="anomaly")
         assert sorted(row.answer for row in logged) == sorted(["anomalous"] * len(DEFECTIVE) + ["good"] * len(GOOD))
+
+
+def test_prepare_loads_the_demo_detector_with_the_other_models(tmp_path, capsys):
+    from pipelines import prepare
+
+    models = tmp_path / "models"
+    shutil.copytree(DEMO, models / DEMO_DETECTOR)
+    assert prepare.main(["--models-dir", str(models), "--runtime", "torch"]) == 0
+    served = capsys.readouterr().out
+    assert f"{models / DEMO_DETECTOR}: served by torch" in served and "default: served by torch" in served
