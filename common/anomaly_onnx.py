@@ -83,6 +83,8 @@ def export_feature_extractor(
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # The exporter warns that it is the legacy one on every call; the docstring says why it is used.
         warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+        # The padding's crop reads sizes as ints; they are constants of the one exported input size.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         try:
             torch.onnx.export(
                 _Embedding(extractor).eval(),

@@ -3,8 +3,8 @@
 PatchCore scores a patch by the Euclidean distance of its feature vector to the nearest one in
 the memory bank of good patches, an image by its worst patch, and turns the grid of patch
 scores into a per-pixel map by upsampling it and smoothing it with a Gaussian (sigma 4 input
-pixels, the paper's and anomalib's choice). Training scores its held-out good images with the
-same functions inference uses, so the fitted threshold means the same thing on both sides.
+pixels, the paper's and anomalib's choice). Training scores its good images out of fold with
+the same functions inference uses, so the fitted threshold means the same thing on both sides.
 
 The nearest-neighbour search is exact and brute force: ``torch.cdist`` over chunks of queries,
 so the distance matrix stays small (``chunk_size`` x bank rows) however many patches come in.

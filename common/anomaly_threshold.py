@@ -1,8 +1,8 @@
 """The anomaly threshold: fitted on good images only, applied as "normalised score > 1".
 
 No defect labels are needed: every good image is scored by a memory bank built without it
-(training's folds), and the threshold is the score rank that a new good image exceeds with
-probability at most ``false_reject_rate`` (split-conformal). Scores are then reported divided by
+(training's folds), and the threshold is the conformal rank of those scores for
+``false_reject_rate`` (:func:`threshold_rank`). Scores are then reported divided by
 the threshold, so 1.0 is the line for every product and every backbone. Training fits with
 :func:`fit_threshold`; inference and training's own evaluation apply it with
 :func:`normalise_scores` and :func:`is_anomalous` - the one rule, written once.
@@ -31,11 +31,15 @@ def check_false_reject_rate(rate: float) -> None:
 def threshold_rank(count: int, false_reject_rate: float) -> int:
     """The 1-based rank, among ``count`` sorted good scores, that the threshold is: ``ceil((n + 1)(1 - rate))``.
 
-    Split-conformal prediction: if a new good image's score is exchangeable with the ``n`` scored
-    ones, it exceeds that rank's score with probability at most ``rate``. The plain quantile
-    (``floor(rate * n)`` scores above) promises less: with 100 images and a 1% target it lets one
-    above and rejects about 2% of new good images. A rank above ``n`` means the target cannot be
-    promised with so few images; the caller uses the largest score and says so.
+    The split-conformal rank: were a new good image's score exchangeable with the ``n`` scored
+    ones, it would exceed that rank's score with probability at most ``rate``. Training's scores
+    are out of fold (cross-conformal), each from a bank of the other folds, while a new image is
+    scored by the stored bank, which holds every one of those banks: its nearest patches are as
+    near or nearer, so its score is if anything lower, and the line errs towards fewer false
+    rejects. The plain quantile (``floor(rate * n)`` scores above) promises less: with 100 images
+    and a 1% target it lets one above and rejects about 2% of new good images. A rank above ``n``
+    means the target cannot be promised with so few images; the caller uses the largest score and
+    says so.
     """
     # round(): (n + 1) * (1 - rate) is 99.00000000000001 for n = 99, rate = 0.01.
     return math.ceil(round((count + 1) * (1.0 - false_reject_rate), 9))

@@ -49,6 +49,9 @@ VALIDATION_SCORES_FILE = "validation_scores.csv"
 
 # The report training writes beside the weights.
 MODEL_CARD_FILE = "README.md"
+# A file meant to be shipped is readable by all: safetensors (0.8) and mkdtemp create owner-only
+# ones, which a container's app user (uid 1000, files COPY'd as root) cannot read.
+SHIPPED_FILE_MODE = 0o644
 TRAIN_RESULTS_FILE = "train_results.json"
 EVAL_RESULTS_FILE = "eval_results.json"
 TEST_RESULTS_FILE = "test_results.json"

@@ -329,3 +329,22 @@ def test_validation_defects_add_metrics_and_figures_but_never_move_the_threshold
     detector = AnomalyDetector.from_pretrained(validated)
     for row in rows:
         assert detector.detect(row["path"]).score == pytest.approx(float(row["score"]), abs=1e-4), row["path"]
+
+
+def test_validation_without_good_images_uses_the_out_of_fold_scores_and_says_so(tmp_path, tiny_timm_dir):
+    from common.checkpoint_files import VALIDATION_SCORES_FILE
+    from datagen import GENERATORS
+
+    data = tmp_path / "anomaly-steel"
+    GENERATORS["anomaly-steel"](data, seed=0, n=6, n_per_class=2, height=STRIP[0], width=STRIP[1])
+    shutil.rmtree(data / "validation" / "good")
+    out = tmp_path / "detector"
+    argv = train_args(data, out, tiny_timm_dir, "--validation_defect_dir", str(data / "validation"))
+    assert anomaly_train.main(argv) == 0
+    rule = load_anomaly_config(out).products["anomaly-steel"]
+    rows = list(csv.DictReader((out / VALIDATION_SCORES_FILE).open()))
+    good = [row for row in rows if row["kind"].startswith("good")]
+    # Every training image, labelled as scored out of fold, with the scores that fitted the threshold.
+    assert {row["kind"] for row in good} == {"good (out of fold)"} and len(good) == rule.n_holdout_images == 6
+    stored = sorted(score / rule.threshold for score in rule.held_out_scores)
+    assert sorted(float(row["score"]) for row in good) == pytest.approx(stored, abs=1e-5)

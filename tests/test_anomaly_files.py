@@ -18,7 +18,15 @@ from common.anomaly_files import (
     load_memory_banks,
 )
 from common.anomaly_threshold import false_reject_rate
-from common.checkpoint_files import ANOMALY_FILE, CONFIG_FILE, MEMORY_BANK_FILE, MODEL_CARD_FILE, WEIGHTS_FILE
+from common.checkpoint_files import (
+    ANOMALY_FILE,
+    ANOMALY_ONNX_FILE,
+    CONFIG_FILE,
+    EXPORT_REPORT_FILE,
+    MEMORY_BANK_FILE,
+    MODEL_CARD_FILE,
+    WEIGHTS_FILE,
+)
 from common.checkpoints import ModelLoadError, load_pretrained
 from common.default_model import DEFAULT_MODEL
 from pipelines.anomaly_detection import AnomalyDetector
@@ -63,6 +71,9 @@ def test_training_stores_the_held_out_scores_that_fitted_the_threshold(strips, t
     assert detector.held_out_scores() == rule.held_out_scores
     assert json.loads((out / ANOMALY_FILE).read_text())["format_version"] == FORMAT_VERSION == 3
     assert (out / WEIGHTS_FILE).is_file()  # a non-default backbone is saved as before
+    # Readable by all: a container's app user must read a detector COPY'd in as root (safetensors
+    # itself writes 0600).
+    assert (out / MEMORY_BANK_FILE).stat().st_mode & 0o044 == 0o044
 
 
 def test_the_reflect_padding_is_stored_and_a_version_2_file_without_it_scores_unpadded(strips, tmp_path, tiny_timm_dir):
@@ -100,6 +111,35 @@ def test_a_padded_extractor_gives_the_unpadded_grid_and_sees_the_border_reflecte
     assert (a[..., 0] - b[..., 0]).abs().max() > 0.05 * a.abs().max()
     with pytest.raises(ValueError, match="pad=-1"):
         PatchFeatureExtractor(model, layers, pad=-1)
+    # A pad that is not whole cells of the first layer would crop reflected pixels in or real ones out.
+    with pytest.raises(ValueError, match="pad=3 is not a whole number of the first layer's cells"):
+        PatchFeatureExtractor(backbone(), layers, pad=3)(pixels)
+
+
+def test_training_refuses_a_part_cell_pad_and_drops_a_stale_onnx_graph(strips, tmp_path, tiny_timm_dir):
+    out = tmp_path / "detector"
+    with pytest.raises(SystemExit) as exited:
+        anomaly_train.main(train_args(strips, out, tiny_timm_dir, "--pad", "3"))
+    assert "--pad 3: pad=3 is not a whole number of the first layer's cells" in str(exited.value.code)
+    assert not out.exists()  # refused before anything was written
+    out.mkdir()
+    (out / ANOMALY_ONNX_FILE).write_bytes(b"graph of the previous bank's features")
+    (out / EXPORT_REPORT_FILE).write_text("{}")
+    (out / ANOMALY_FILE).write_text("{}")
+    assert anomaly_train.main(train_args(strips, out, tiny_timm_dir, "--overwrite_output_dir")) == 0
+    assert not (out / ANOMALY_ONNX_FILE).exists() and not (out / EXPORT_REPORT_FILE).exists()
+    assert AnomalyDetector.from_pretrained(out).runtime == "torch"
+
+
+@pytest.mark.parametrize("pad", [-1, 1.5, 24, True])
+def test_a_detector_file_with_an_impossible_pad_is_refused_at_load(strips, tmp_path, tiny_timm_dir, pad):
+    out = tmp_path / "detector"
+    assert anomaly_train.main(train_args(strips, out, tiny_timm_dir)) == 0
+    data = json.loads((out / ANOMALY_FILE).read_text())
+    data["pad"] = pad  # the strips are 48 x 192: 24 is half the smaller side
+    (out / ANOMALY_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelLoadError, match=f"pad {pad!r} must be a whole number"):
+        AnomalyDetector.from_pretrained(out)
 
 
 def test_a_version_1_file_without_held_out_scores_still_loads(strips, tmp_path, tiny_timm_dir):

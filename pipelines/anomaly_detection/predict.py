@@ -3,7 +3,7 @@
 The backbone's hooked layers embed every patch of the image (``common.anomaly_features``); each
 patch is scored by its distance to the nearest good patch of the product's memory bank, the
 image by its worst patch (``common.anomaly_scores``); both are divided by the product's
-threshold, fitted on held-out good images (``common.anomaly_threshold``), so 1.0 is the line:
+threshold, fitted on good images only (``common.anomaly_threshold``), so 1.0 is the line:
 above it the image is anomalous, and the map's pixels above it are the anomalous region.
 
 >>> from pipelines.anomaly_detection import AnomalyDetector

@@ -56,8 +56,10 @@ from common.anomaly_threshold import (
 from common.checkpoint_files import (
     ANOMALY_FILE,
     ANOMALY_MAPS_PLOT,
+    ANOMALY_ONNX_FILE,
     CONFIG_FILE,
     EVAL_RESULTS_FILE,
+    EXPORT_REPORT_FILE,
     PROCESSOR_FILE,
     ROC_PLOT,
     SCORE_HISTOGRAM_PLOT,
@@ -280,6 +282,8 @@ def fit_product(
         DataError: unreadable images or mixed sizes (see ``load_checked_images``), fewer than 2 folds.
     """
     images = load_checked_images(list(files), name)
+    if len(images) < 2:
+        raise DataError(f"product {name!r} has {len(images)} good image(s); fitting a threshold needs at least 2")
     groups = split_folds(len(images), folds, seed)
     embed = dict(input_size=config.input_size, mean=config.mean, std=config.std, batch_size=batch_size)
     with tqdm(total=len(images), desc=f"{name}: features", unit="img", disable=not progress) as bar:
@@ -348,15 +352,17 @@ def validate_product(
     """Score the validation images with the stored rule; fill ``result``'s metrics, ROC and examples.
 
     The good side is the validation folder's ``good/`` images; only without them the training
-    images' out-of-fold scores and maps stand in, whose false-reject rate is then the fitted one
-    by construction.
+    images' out-of-fold scores and maps stand in (rows of kind ``good (out of fold)``): their
+    false-reject rate is then the fitted one by construction, and they were scored by 4/5 of the
+    bank, so a reloaded detector scores them lower (they are in its bank).
     """
     threshold = result.rule.threshold
     if validation.good:
         good_paths = list(validation.good)
         good_scores, good_maps, _ = _score_images(good_paths, extractor, config, result.bank, threshold, batch_size)
+        good_kind = "good"
     else:
-        good_paths, good_scores = list(training_good), result.holdout_scores
+        good_paths, good_scores, good_kind = list(training_good), result.holdout_scores, "good (out of fold)"
         maps = anomaly_maps(result.out_of_fold_grids, config.input_size, sigma=config.sigma)
         good_maps = [m / threshold for m in maps]
     bad_scores, bad_maps, bad_images = _score_images(
@@ -376,7 +382,7 @@ def validate_product(
         result.validation["validation good"] = good_scores
     fpr, tpr, _ = anomaly_metrics.image_roc(good_scores, bad_scores)
     result.roc = (fpr, tpr)
-    result.rows = [(name, str(p), "good", f"{s:.6f}") for p, s in zip(good_paths, good_scores)] + [
+    result.rows = [(name, str(p), good_kind, f"{s:.6f}") for p, s in zip(good_paths, good_scores)] + [
         (name, str(p), kind, f"{s:.6f}")
         for p, kind, s in zip(validation.defective, validation.defect_types, bad_scores)
     ]
@@ -466,6 +472,10 @@ def train_detector(
     if layers is None and model_args.backbone == DEFAULT_MODEL:
         layers = list(DEFAULT_BACKBONE_LAYERS)
     extractor = PatchFeatureExtractor(model, layers or default_layers(model), pad=model_args.pad)
+    try:  # one blank image: a pad that is not a whole number of cells is refused before any image is read
+        extractor(torch.zeros(1, 3, *input_size))
+    except ValueError as error:
+        raise DataError(f"--pad {model_args.pad}: {error}") from error
     config = AnomalyConfig(
         backbone=model_args.backbone,
         layers=extractor.layers,
@@ -501,7 +511,15 @@ def train_detector(
     out = Path(detector.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # An earlier run's validation (or backbone) must not pass for this one's.
-    reports = (ROC_PLOT, ANOMALY_MAPS_PLOT, VALIDATION_SCORES_FILE, EVAL_RESULTS_FILE)
+    # An exported graph (train.export) embeds the old features: the new bank must not be served by it.
+    reports = (
+        ROC_PLOT,
+        ANOMALY_MAPS_PLOT,
+        VALIDATION_SCORES_FILE,
+        EVAL_RESULTS_FILE,
+        ANOMALY_ONNX_FILE,
+        EXPORT_REPORT_FILE,
+    )
     for name in (*reports, CONFIG_FILE, WEIGHTS_FILE, PROCESSOR_FILE):
         (out / name).unlink(missing_ok=True)
     if saves_backbone(config.backbone):

@@ -37,12 +37,17 @@ from common.anomaly_onnx import (
     load_eager_extractor,
     parity_failure,
 )
-from common.checkpoint_files import ANOMALY_FILE, ANOMALY_ONNX_FILE, MEMORY_BANK_FILE, VALIDATION_SCORES_FILE
+from common.checkpoint_files import (
+    ANOMALY_FILE,
+    ANOMALY_ONNX_FILE,
+    MEMORY_BANK_FILE,
+    SHIPPED_FILE_MODE,
+    VALIDATION_SCORES_FILE,
+)
 from common.image_io import ImageLoadError, load_image
 from common.onnx_network import LATENCY_ROUNDS, latency_in_turns, write_export_report
 from train.export import images as image_sets
 from train.export.checkpoint_copy import (
-    SHIPPED_FILE_MODE,
     ExportError,
     ParityError,
     check_export_paths,

@@ -18,7 +18,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.checkpoint_files import ALL_RESULTS_FILE, EXPORT_REPORT_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE
+from common.checkpoint_files import (
+    ALL_RESULTS_FILE,
+    EXPORT_REPORT_FILE,
+    SHIPPED_FILE_MODE,
+    TRAINER_STATE_FILE,
+    WEIGHTS_FILE,
+)
 from common.checkpoints import resolve_checkpoint
 from common.default_model import DEFAULT_MODEL
 
@@ -26,8 +32,6 @@ from common.default_model import DEFAULT_MODEL
 KEPT_SUFFIXES = (".json", ".png", ".csv", ".md", ".txt")
 # A source's own export report describes a graph that is not copied (each format writes its own).
 SKIPPED_NAMES = {TRAINER_STATE_FILE, ALL_RESULTS_FILE, EXPORT_REPORT_FILE}
-# A file meant to be shipped is readable by all (safetensors and mkdtemp create owner-only ones).
-SHIPPED_FILE_MODE = 0o644
 SHIPPED_DIR_MODE = 0o755
 
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from common.checkpoint_files import CONFIG_FILE, MODEL_CARD_FILE, WEIGHTS_FILE
+from common.checkpoint_files import CONFIG_FILE, MODEL_CARD_FILE, SHIPPED_FILE_MODE, WEIGHTS_FILE
 from train import report
 from train.export.checkpoint_copy import (
-    SHIPPED_FILE_MODE,
     check_export_paths,
     copy_served_files,
     resolve_source,
