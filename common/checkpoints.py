@@ -14,7 +14,7 @@ from pathlib import Path
 from huggingface_hub import constants as hub_constants
 from safetensors import SafetensorError
 
-from common.checkpoint_files import CONFIG_FILE
+from common.checkpoint_files import CONFIG_FILE, SHIPPED_FILE_MODE
 from common.default_model import DEFAULT_MODEL, default_checkpoint_dir
 
 # "owner/name" or "name" with the characters the Hub allows; anything else is a path.
@@ -23,6 +23,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names the model and the fix."""
+
+
+def share_saved_weights(directory: str | os.PathLike) -> None:
+    """Make the ``*.safetensors`` that ``save_pretrained`` just wrote in ``directory`` readable by all.
+
+    safetensors (0.8) creates them owner-only (0600), so a container's app user, or a colleague
+    serving the folder, could not read a model trained by someone else.
+    """
+    for path in Path(directory).glob("*.safetensors"):
+        path.chmod(SHIPPED_FILE_MODE)
 
 
 def hub_offline() -> bool:

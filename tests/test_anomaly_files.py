@@ -74,6 +74,7 @@ def test_training_stores_the_held_out_scores_that_fitted_the_threshold(strips, t
     # Readable by all: a container's app user must read a detector COPY'd in as root (safetensors
     # itself writes 0600).
     assert (out / MEMORY_BANK_FILE).stat().st_mode & 0o044 == 0o044
+    assert (out / WEIGHTS_FILE).stat().st_mode & 0o044 == 0o044
 
 
 def test_the_reflect_padding_is_stored_and_a_version_2_file_without_it_scores_unpadded(strips, tmp_path, tiny_timm_dir):

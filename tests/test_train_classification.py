@@ -61,6 +61,7 @@ def test_smoke_training_writes_a_checkpoint_the_app_can_serve(model_fixture, req
     missing = [name for name in REPORT_FILES if not (out / name).is_file()]
     assert not missing, f"missing report files: {missing}"
     assert "test_accuracy" in json.loads((out / "test_results.json").read_text())
+    assert (out / "model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by a container's app user
     assert "eval_temperature" in metrics and "eval_open_set_known_accepted" in metrics
     classifier = ImageClassifier.from_pretrained(out)
     assert sorted(classifier.id2label.values()) == sorted(COLOURS)

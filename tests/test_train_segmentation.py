@@ -73,6 +73,7 @@ def test_smoke_training_gives_a_checkpoint_the_pipeline_loads(steel, tiny_segfor
     assert 0 <= metrics["eval_mean_dice"] <= 1 and "eval_dice_scratches" in metrics
     for name in ("model.safetensors", "eval_results.json", "predictions.png", "training_curves.png", "README.md"):
         assert (out / name).is_file(), name
+    assert (out / "model.safetensors").stat().st_mode & 0o044 == 0o044  # readable by a container's app user
     config = json.loads((out / "config.json").read_text())
     assert config["inference_resize"] == [32, 160]
     assert set(config["min_area"]) == {"pitting", "crazing", "scratches", "patches"}  # fitted on validation

@@ -66,7 +66,7 @@ from common.checkpoint_files import (
     VALIDATION_SCORES_FILE,
     WEIGHTS_FILE,
 )
-from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained, share_saved_weights
 from common.default_model import DEFAULT_MODEL
 from common.image_io import ImageLoadError, load_image
 from common.preprocessing import input_geometry
@@ -526,6 +526,7 @@ def train_detector(
         # The backbone goes in whole (a few MB more than the hooked layers need) so the directory is a
         # normal checkpoint: offline, self-contained, and loaded by the same code as every model.
         model.save_pretrained(out, safe_serialization=True)
+        share_saved_weights(out)
         processor.save_pretrained(out)
     # The default backbone is not copied: it is installed with the project (common.anomaly_files).
     banks = {name: r.bank for name, r in results.items()}

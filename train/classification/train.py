@@ -25,7 +25,7 @@ from transformers import (
     set_seed,
 )
 
-from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained, share_saved_weights
 from common.data_check import unreadable_problem
 from common.image_io import load_image
 from common.preprocessing import batch_preprocessor, input_geometry
@@ -408,6 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if progress.stop_requested():
         return {}  # the Trainer saved a checkpoint; the final model and report wait for the resumed run
     trainer.save_model()
+    share_saved_weights(training_args.output_dir)
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()

@@ -34,7 +34,7 @@ from transformers import (
 )
 
 from common.checkpoint_files import INFERENCE_RESIZE_KEY, MODEL_CARD_FILE, PREDICTIONS_PLOT, TRAINING_CURVES_PLOT
-from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained
+from common.checkpoints import ModelLoadError, load_image_processor, load_pretrained, share_saved_weights
 from common.image_io import load_image
 from common.segmentation_rules import forget_min_areas
 from common.segmentation_scores import IGNORE_INDEX, segmentation_metrics
@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         tuned = record_min_areas(trainer.model, predicted, truth, data.id2label)
         print(f"minimum areas fitted on validation: {tuned}", flush=True)
     trainer.save_model()
+    share_saved_weights(training_args.output_dir)
     processor.save_pretrained(training_args.output_dir)
     trainer.save_metrics("train", result.metrics)
     trainer.save_state()
