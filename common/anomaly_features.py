@@ -44,6 +44,19 @@ _PROBE_SIZE = 128
 DEFAULT_PAD = 16
 
 
+def check_pad(pad, input_size: Sequence[int]) -> None:
+    """Refuse a ``pad`` that is not a whole number from 0 to under half the smaller side of ``input_size``.
+
+    (Whether it is a whole number of the first layer's cells is only known from a forward pass:
+    :class:`PatchFeatureExtractor` checks that.)
+
+    Raises:
+        ValueError: naming the pad and the input size.
+    """
+    if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < min(input_size) // 2:
+        raise ValueError(f"pad {pad!r} must be a whole number from 0 to under half of input size {list(input_size)}")
+
+
 class _EnoughLayers(Exception):
     """Raised by the deepest hook: the layers after it (and the classifier head) are not needed."""
 

@@ -33,6 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.anomaly_features import check_pad
 from common.checkpoint_files import ANOMALY_FILE, CONFIG_FILE, MEMORY_BANK_FILE, SHIPPED_FILE_MODE
 from common.default_model import DEFAULT_MODEL
 
@@ -113,11 +114,7 @@ class AnomalyConfig:
         values = {k: v for k, v in data.items() if k in names}
         values["products"] = {name: ProductRule(**rule) for name, rule in data.get("products", {}).items()}
         config = cls(**values)
-        pad = config.pad
-        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad < min(config.input_size) // 2:
-            raise ValueError(
-                f"pad {pad!r} must be a whole number from 0 to under half of input size {config.input_size}"
-            )
+        check_pad(config.pad, config.input_size)
         return config
 
 

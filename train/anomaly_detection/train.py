@@ -40,6 +40,7 @@ from common.anomaly_features import (
     DEFAULT_PAD,
     LayerError,
     PatchFeatureExtractor,
+    check_pad,
     default_layers,
     embed_images,
     patch_vectors,
@@ -459,11 +460,12 @@ def train_detector(
     """
     check_arguments(data, detector)
     input_size = parse_image_size(model_args.image_size)
-    if not 0 <= model_args.pad < min(input_size) // 2:
+    try:
+        check_pad(model_args.pad, input_size)
+    except ValueError as error:
         raise DataError(
-            f"--pad {model_args.pad} must be from 0 to less than half the smaller side of --image_size "
-            f"{model_args.image_size}; {DEFAULT_PAD} is the default"
-        )
+            f"--pad {model_args.pad} (--image_size {model_args.image_size}): {error}; {DEFAULT_PAD} is the default"
+        ) from error
     products = find_products(data.train_dir)
     validation = find_validation_sets(data.validation_defect_dir, list(products)) if data.validation_defect_dir else {}
     torch.manual_seed(data.seed)
